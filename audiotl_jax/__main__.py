@@ -1,0 +1,4 @@
+from audiotl_jax.main import run
+
+if __name__ == "__main__":
+  run()

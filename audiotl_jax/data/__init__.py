@@ -1,0 +1,1 @@
+"""Data layer: dataset readers, prepare (to ArrayRecord), synthetic data and Grain pipelines."""

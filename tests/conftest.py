@@ -1,0 +1,79 @@
+"""Test set-up: 8 fake CPU devices, so sharding is exercised on a laptop and in CI.
+
+XLA reads the flag when the backend starts, so it is set here, before anything imports jax.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402  (after the flag, on purpose)
+import pytest  # noqa: E402
+
+# Tests compile the same small programs many times over (each run builds its own jit); a
+# per-session persistent cache makes every repeat a file read.
+os.environ["AUDIOTL_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="audiotl-xla-")  # CLI tests too.
+jax.config.update("jax_compilation_cache_dir", os.environ["AUDIOTL_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def devices():
+  assert jax.device_count() == 8, jax.devices()
+  return jax.devices()
+
+
+# ------------------------------------------------------------------------- shared fixtures
+# Tiny synthetic data, prepared once per session, and one tiny pre-trained checkpoint: the stage
+# tests build on them instead of each making their own.
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+  from audiotl_jax.data import prepare, readers, synthetic
+  root = tmp_path_factory.mktemp("data")
+  synthetic.make_demo_data(root / "raw", scale="test", seed=0)
+  out = {}
+  for name, clip in (("audioset", 1.0), ("speech_commands", 1.0)):
+    listing = readers.get_reader(name)(root / "raw" / name)
+    prepare.prepare(listing, root / name, sample_rate=16000, clip_seconds=clip, num_workers=1,
+                    progress=False)
+    out[name] = root / name
+  return out
+
+
+def tiny_pretrain_config(data_dir, **overrides):
+  from audiotl_jax import config as config_lib
+  config = config_lib.load(str(REPO / "configs/pretrain.py") + ":model=cnn:tiny,runlocal")
+  with config.unlocked():
+    config.data.dir = str(data_dir)
+    config.data.subset = "Human sounds"
+    config.batch_size = 8
+    config.total_steps = 4
+    config.log_every = 1
+    config.checkpoint_every = 2
+    config.frontend.n_mels = 32
+    config.progress = False
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def pretrained(prepared, tmp_path_factory):
+  from audiotl_jax.train import pretrain
+  workdir = tmp_path_factory.mktemp("pretrain")
+  pretrain.train(tiny_pretrain_config(prepared["audioset"]), workdir)
+  return workdir
