@@ -1,0 +1,154 @@
+"""Config files: `configs/x.py:arg` strings, `--config.a.b=value` overrides, locked configs.
+
+A config file is a Python module with `get_config(arg=None) -> ml_collections.ConfigDict`. The
+`arg` after the colon picks a variant (`configs/pretrain.py:subset=Animal,runlocal`); `parse_arg`
+turns it into a ConfigDict of typed values. Overrides are applied to the loaded config and must
+name an existing key: the config is locked, so a typo fails with its name and the closest keys.
+
+Why not `ml_collections.config_flags`: it binds to absl's global FLAGS and loads lazily, so a
+subcommand CLI gets late, unhelpful errors. This module is the small part of it we need.
+"""
+import ast
+import difflib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+from audiotl_jax.errors import UserError
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse_arg(arg: str | None, *, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
+  """Parses `"a=1,b=x,runlocal"` into a ConfigDict typed by the defaults in `spec`.
+
+  A bare name (`runlocal`) sets a boolean to True. Keys not in `spec` are an error unless `lazy`.
+  """
+  out = ml_collections.ConfigDict(spec)
+  if not arg:
+    return out
+  for part in arg.split(","):
+    if not part:
+      continue
+    key, eq, value = part.partition("=")
+    if key not in spec and not lazy:
+      raise UserError(f"config argument {key!r} is not known; known: {', '.join(sorted(spec))}")
+    if not eq:
+      out[key] = True
+    else:
+      default = spec.get(key)
+      out[key] = _coerce(value, default, where=f"config argument {key!r}")
+  return out
+
+
+def _coerce(text: str, default: Any, *, where: str) -> Any:
+  """Turns override text into the type of the value it replaces."""
+  if isinstance(default, bool):
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+      return True
+    if low in ("0", "false", "no", "off"):
+      return False
+    raise UserError(f"{where}: expected a boolean, got {text!r}")
+  if isinstance(default, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise UserError(f"{where}: expected an integer, got {text!r}") from None
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise UserError(f"{where}: expected a number, got {text!r}") from None
+  if isinstance(default, (tuple, list)) or default is None:
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text  # A plain string is the only other sensible reading.
+    if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
+      value = (value,)
+    return tuple(value) if isinstance(default, tuple) else value
+  return text
+
+
+def resolve_path(spec: str) -> tuple[Path, str | None]:
+  """`configs/pretrain.py:arg` -> (path, arg). Bare names are looked up in `configs/`."""
+  path_str, _, arg = spec.partition(":")
+  path = Path(path_str)
+  if not path.exists() and not path.is_absolute():
+    for candidate in (CONFIGS_DIR / path_str, CONFIGS_DIR / f"{path_str}.py"):
+      if candidate.exists():
+        path = candidate
+        break
+  if not path.exists():
+    raise UserError(f"config file {path_str!r} does not exist (looked in . and {CONFIGS_DIR})")
+  return path, (arg or None)
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `file.py[:arg]`, applies `a.b=value` overrides and returns the locked config."""
+  path, arg = resolve_path(spec)
+  if (path.parent / "__init__.py").exists():
+    # Config files share blocks through their package (`from configs import common`).
+    root = str(path.resolve().parent.parent)
+    if root not in sys.path:
+      sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location(f"_audiotl_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except UserError:
+    raise
+  except Exception as e:
+    raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} has no get_config(arg) function")
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  config.lock()
+  apply_overrides(config, overrides)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  for item in overrides:
+    key, eq, text = item.partition("=")
+    if not eq:
+      raise UserError(f"override {item!r} must look like --config.{key}=VALUE")
+    parent, leaf = _walk(config, key)
+    default = parent[leaf]
+    with config.unlocked():
+      parent[leaf] = _coerce(text, default, where=f"--config.{key}")
+
+
+def _walk(config, dotted: str):
+  node = config
+  parts = dotted.split(".")
+  for i, part in enumerate(parts):
+    keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    if part not in keys:
+      prefix = ".".join(parts[:i])
+      close = difflib.get_close_matches(part, keys, n=3)
+      hint = f"; did you mean {', '.join(repr(f'{prefix}.{c}'.lstrip('.')) for c in close)}?" if close else ""
+      where = f"under {prefix!r}" if prefix else "at the top level"
+      raise UserError(f"config key {dotted!r} does not exist ({part!r} not found {where}){hint}")
+    if i == len(parts) - 1:
+      return node, part
+    node = node[part]
+
+
+def to_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def write(config, workdir: Path, name: str = "config.json") -> Path:
+  """Writes the resolved config into the workdir: the record of what ran."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / name
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+  return path

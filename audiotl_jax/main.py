@@ -1,0 +1,157 @@
+"""The `audiotl` command: flags, process set-up, dispatch. Intentionally short.
+
+Every stage takes `--config file.py[:arg]` and `--workdir`, plus `--config.a.b=value` overrides;
+stages live in their own modules. A `UserError` is printed as one line, without a traceback.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from audiotl_jax.errors import UserError
+
+STAGES = {  # name -> (default config, help)
+    "demo": ("demo.py", "the whole study on the embedded synthetic default, ending in a report"),
+    "prepare": ("prepare.py", "raw audio + labels -> ArrayRecord shards + manifest.json"),
+    "pretrain": ("pretrain.py", "multi-label pre-training on an ontology subset of AudioSet"),
+    "finetune": ("finetune.py", "transfer to a downstream task with a strategy"),
+    "embed": ("embed.py", "export embeddings of any layer for a dataset"),
+    "score": ("score.py", "transferability scores of pre-trained states on a dataset"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="audiotl", description=__doc__.splitlines()[0])
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for name, (cfg, help_) in STAGES.items():
+    s = sub.add_parser(name, help=help_, description=f"{help_}. Overrides: --config.KEY=VALUE.")
+    s.add_argument("--config", default=f"configs/{cfg}", help="config file, optionally :ARG")
+    s.add_argument("--workdir", default="runs/demo" if name == "demo" else None,
+                   required=name != "demo", help="where everything of this run is written")
+  o = sub.add_parser("ontology", help="inspect the AudioSet ontology and plan subsets")
+  osub = o.add_subparsers(dest="action", required=True)
+  plan = osub.add_parser("plan", help="classes and clips per top-level branch and subset")
+  plan.add_argument("--segments", required=True, help="a segments CSV (official format)")
+  plan.add_argument("--subset", action="append", default=[],
+                    help="a node name or MID; several joined by '+' form one union (repeatable)")
+  find = osub.add_parser("find", help="a node by name or MID, with its trainable descendants")
+  find.add_argument("name")
+  m = sub.add_parser("models", help="every model and variant with its parameter count")
+  m.add_argument("--num-classes", type=int, default=527)
+  r = sub.add_parser("report", help="aggregate a study's runs into report.md and plots")
+  r.add_argument("--workdir", required=True)
+  b = sub.add_parser("bench", help="throughput of train steps, frontend, input pipeline, scores")
+  b.add_argument("--only", default="", help="comma-separated subset of the benchmarks")
+  b.add_argument("--workdir", default="runs/bench")
+  b.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+  return p
+
+
+def _setup_processes():
+  """Multi-host runs: initialise jax.distributed when the launcher says so.
+
+  Also turns on XLA's persistent compilation cache: runs of a study compile the same programs
+  again and again (one fine-tuning step per state and strategy), and a cache hit turns seconds of
+  compilation into a file read. AUDIOTL_COMPILATION_CACHE= (empty) switches it off.
+  """
+  import jax
+  cache = os.environ.get("AUDIOTL_COMPILATION_CACHE",
+                         str(Path.home() / ".cache" / "audiotl" / "jax"))
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if os.environ.get("AUDIOTL_DISTRIBUTED") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+  args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+  if args.command in STAGES:
+    from audiotl_jax import config as config_lib
+    _setup_processes()
+    config = config_lib.load(args.config, overrides)
+    return _run_stage(args.command, config, Path(args.workdir))
+  if overrides:
+    raise UserError(f"`audiotl {args.command}` takes no --config overrides")
+  if args.command == "ontology":
+    from audiotl_jax import ontology
+    onto = ontology.Ontology.load()
+    if args.action == "plan":
+      if not Path(args.segments).exists():
+        raise UserError(f"segments file {args.segments} does not exist")
+      print(ontology.format_plan(ontology.plan(onto, ontology.iter_segments(args.segments),
+                                               args.subset)))
+    else:
+      sub = onto.subset(args.name)
+      print(f"{sub.name}: {len(sub.mids)} trainable classes")
+      for mid in sub.mids:
+        print(f"  {mid}\t{onto.nodes[mid].name}")
+  elif args.command == "models":
+    from audiotl_jax import models
+    for name, count in models.describe_models(args.num_classes):
+      print(f"{name:<20} {count:>12,}")
+  elif args.command == "report":
+    from audiotl_jax import report
+    print(f"report: {report.write(Path(args.workdir))}")
+  elif args.command == "bench":
+    from audiotl_jax import bench
+    bench.run(Path(args.workdir), only=[x for x in args.only.split(",") if x], quick=args.quick)
+  return 0
+
+
+def _run_stage(command: str, config, workdir: Path) -> int:
+  if command == "demo":
+    from audiotl_jax import demo
+    demo.run(config, workdir)
+  elif command == "prepare":
+    from audiotl_jax import config as config_lib
+    from audiotl_jax.data import prepare, readers
+    if not config.root:
+      raise UserError("set config key 'root': the dataset's folder (or CSV file for reader csv)")
+    if not Path(config.root).exists():
+      raise UserError(f"config key 'root': {config.root} does not exist")
+    config_lib.write(config, workdir, "prepare_config.json")
+    listing = readers.get_reader(config.reader)(Path(config.root))
+    prepare.prepare(listing, workdir, sample_rate=config.sample_rate,
+                    clip_seconds=config.clip_seconds, shard_size=config.shard_size,
+                    num_workers=config.num_workers or os.cpu_count(), progress=config.progress)
+  elif command == "pretrain":
+    from audiotl_jax.train import pretrain
+    pretrain.train(config, workdir)
+  elif command == "finetune":
+    from audiotl_jax.train import finetune
+    finetune.train(config, workdir)
+  elif command == "embed":
+    from audiotl_jax import embedding
+    embedding.embed(checkpoint=Path(config.checkpoint), dataset_dir=Path(config.data.dir),
+                    splits=list(config.data.splits), layers=list(config.layers),
+                    pooling=config.pooling, out_dir=workdir, batch_size=config.batch_size,
+                    clip_seconds=config.data.clip_seconds or None,
+                    num_devices=config.num_devices, progress=config.progress)
+  elif command == "score":
+    from audiotl_jax import scoring
+    paths = [Path(p) for p in str(config.checkpoints).split(",") if p]
+    scoring.score(checkpoints={p.resolve().name: p for p in paths},
+                  dataset_dir=Path(config.data.dir), split=config.data.split, layer=config.layer,
+                  scores=list(config.scores), out_dir=workdir, batch_size=config.batch_size,
+                  pooling=config.pooling, clip_seconds=config.data.clip_seconds or None,
+                  progress=config.progress)
+  return 0
+
+
+def run():
+  """Console-script entry point."""
+  try:
+    sys.exit(main())
+  except UserError as e:
+    print(f"audiotl: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("audiotl: interrupted; run the same command again to resume", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+  run()

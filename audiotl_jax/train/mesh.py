@@ -1,0 +1,56 @@
+"""The device mesh and how arrays are laid out on it.
+
+The batch is split over the `data` axis; parameters and optimizer state are replicated (data
+parallelism). Parameters are created already laid out: `jax.eval_shape` gives their shapes, and a
+jitted init with `out_shardings` materialises them in place, never whole on one device first.
+Each process feeds only its own rows; `jax.make_array_from_process_local_data` stitches the global
+batch, so the same code runs on one CPU, one GPU host or a TPU pod slice.
+"""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from audiotl_jax.errors import UserError
+
+DATA = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise UserError(f"config asks for {num_devices} devices; only {len(devices)} are visible")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise UserError(f"config key {key!r} = {batch_size} must be a multiple of the {n} devices "
+                    f"of the mesh")
+  if batch_size % jax.process_count():
+    raise UserError(f"config key {key!r} = {batch_size} must be a multiple of the "
+                    f"{jax.process_count()} processes")
+
+
+def to_global(local_batch: dict, mesh: Mesh) -> dict:
+  """This process's rows (numpy) -> one global array per key, sharded over `data`."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def create_sharded(init_fn, mesh: Mesh, *args):
+  """Runs `init_fn(*args)` under jit with every output replicated over the mesh."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = jax.tree.map(lambda _: replicated(mesh), abstract)
+  return jax.jit(init_fn, out_shardings=shardings)(*args), shardings

@@ -1,0 +1,48 @@
+r"""Multi-label pre-training on an ontology subset of (prepared) AudioSet.
+
+  audiotl pretrain --config configs/pretrain.py:model=cnn:S,subset=Animal \
+      --config.data.dir=data/audioset_prepared --workdir runs/pretrain_animal
+
+Arguments after the colon: model (a `family:variant` name, see `audiotl models`), subset (ontology
+node names or MIDs, `+` for a union, empty for every class), fraction (of the subset's clips:
+0.01 ... 1), runlocal (tiny and fast, for a laptop smoke run).
+"""
+import ml_collections
+
+from audiotl_jax.config import parse_arg
+from configs import common
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, model="cnn:S", subset="", fraction=1.0, runlocal=False)
+  c = ml_collections.ConfigDict()
+  c.data = dict(
+      dir="",                   # a folder written by `audiotl prepare` (AudioSet layout)
+      train_split="balanced_train", test_split="eval",
+      subset=arg.subset, num_classes=0,   # 0: every class of the subset
+      fraction=arg.fraction, val_fraction=0.1,
+      clip_seconds=10.0, seed=0, worker_count=0)
+  c.frontend = common.frontend(arg.runlocal)
+  c.augment = common.augment(mixup_alpha=0.0)
+  c.model = dict(name=arg.model)
+  c.batch_size = 64
+  c.total_steps = 0             # > 0 wins over num_epochs
+  c.num_epochs = 30.0
+  c.optim = common.optim(1e-3)
+  c.log_every = 50
+  c.eval_every = 500            # steps; also at the end
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.seed = 0
+  c.num_devices = 0             # 0: every visible device
+  c.progress = True
+  c.init_only = False           # save the randomly initialised model and stop (a scratch baseline)
+  c.stop_at = 0                 # > 0: stop after this step, as a preempted job would (tests)
+  if arg.runlocal:
+    c.batch_size = 16
+    c.total_steps = 20
+    c.log_every = 5
+    c.eval_every = 10
+    c.checkpoint_every = 10
+    c.data.clip_seconds = 1.0
+  return c
