@@ -1,0 +1,226 @@
+"""Grain input pipelines over a `PreparedDataset`: static shapes, process-sharded, resumable.
+
+Training: the selected record indices are shuffled globally (a new order every epoch, from the
+seed), and process p takes positions p, p + P, p + 2P, ... of each epoch, so across processes an
+epoch covers every selected record exactly once. Batches run across epoch boundaries (the stream is
+infinite), so every batch is full. The iterator's `get_state()`/`set_state()` restore the exact
+position, and the random crops are a function of (seed, position in the global shuffled stream), so
+a restored run sees the same batches.
+
+Evaluation: one finite pass, every selected record exactly once across processes, each process
+padded to the same number of batches (a multi-host eval step must run on all hosts), with a `mask`
+marking the padding rows.
+
+Labels: dataset label indices go through `class_map` (-1 drops a label). With target "multihot" a
+record whose labels all map to -1 gives an all-zero row (callers select `indices` to avoid that);
+with target "class" the first mapped label is the class, and a selected record without one is an
+error, raised up front.
+"""
+import grain
+import numpy as np
+
+from audiotl_jax.data import records
+from audiotl_jax.data.prepare import PreparedDataset
+from audiotl_jax.errors import UserError
+
+TARGETS = ("multihot", "class")
+
+
+class _Labeler:
+  """Dataset label indices -> a multi-hot float32 row or an int32 class."""
+
+  def __init__(self, class_map: np.ndarray, num_classes: int, target: str):
+    self.class_map, self.num_classes, self.target = class_map, num_classes, target
+
+  def __call__(self, labels: np.ndarray) -> np.ndarray:
+    mapped = self.class_map[labels]
+    mapped = mapped[mapped >= 0]
+    if self.target == "class":
+      return np.int32(mapped[0])
+    row = np.zeros(self.num_classes, np.float32)
+    row[mapped] = 1.0
+    return row
+
+  def empty(self) -> np.ndarray:
+    return np.int32(0) if self.target == "class" else np.zeros(self.num_classes, np.float32)
+
+
+def _fit(audio: np.ndarray, clip_samples: int, start: int) -> np.ndarray:
+  audio = audio[start:start + clip_samples]
+  return np.pad(audio, (0, clip_samples - len(audio)))
+
+
+class _TrainRecord(grain.transforms.RandomMap):
+  """Record index -> {"audio", "label"}, with a random crop (zero padding at the end if short)."""
+
+  def __init__(self, source, labeler: _Labeler, clip_samples: int):
+    self.source, self.labeler, self.clip_samples = source, labeler, clip_samples
+
+  def random_map(self, index, rng: np.random.Generator) -> dict:
+    rec = records.decode(self.source[int(index)])
+    slack = len(rec["audio"]) - self.clip_samples
+    start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
+    return {"audio": _fit(rec["audio"], self.clip_samples, start),
+            "label": self.labeler(rec["labels"])}
+
+
+class _EvalRecord(grain.transforms.Map):
+  """Record index (-1: padding) -> {"audio", "label", "mask", "index"}, cropped from the start."""
+
+  def __init__(self, source, labeler: _Labeler, clip_samples: int):
+    self.source, self.labeler, self.clip_samples = source, labeler, clip_samples
+
+  def map(self, index) -> dict:
+    index = int(index)
+    if index < 0:
+      return {"audio": np.zeros(self.clip_samples, np.int16), "label": self.labeler.empty(),
+              "mask": np.float32(0), "index": np.int32(-1)}
+    rec = records.decode(self.source[index])
+    return {"audio": _fit(rec["audio"], self.clip_samples, 0),
+            "label": self.labeler(rec["labels"]), "mask": np.float32(1),
+            "index": np.int32(index)}
+
+
+def _allow_unparsed_absl_flags() -> None:
+  """Lets grain's mp_prefetch run in programs that do not parse absl flags (absl.app does).
+
+  With jax imported, grain 0.2.18 reads its worker-profiling absl flag when workers start, and absl
+  refuses reads before parsing (google/grain#1355, fixed upstream by reading the default). Marking
+  the flags parsed leaves every absl flag at its default; a later FLAGS(argv) still parses.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _processes(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  (grain workers unpickle this module)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise UserError(f"process_index {process_index} is not in [0, process_count={process_count})")
+  return process_index, process_count
+
+
+def _local_batch(batch_size: int, process_count: int) -> int:
+  if batch_size <= 0 or batch_size % process_count:
+    raise UserError(f"batch_size {batch_size} (global) must be a positive multiple of the "
+                    f"process count {process_count}")
+  return batch_size // process_count
+
+
+def _select(dataset: PreparedDataset, split: str, indices, class_map, num_classes,
+            target: str) -> tuple[np.ndarray, _Labeler]:
+  """Validated record indices and the labeler for them."""
+  n = dataset.num_records(split)
+  indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
+  if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
+    raise UserError(f"indices must be a non-empty 1-D integer array, got {indices.dtype} "
+                    f"{indices.shape}")
+  if indices.min() < 0 or indices.max() >= n:
+    raise UserError(f"indices must lie in [0, {n}) (split {split!r} of {dataset.path}), got "
+                    f"[{indices.min()}, {indices.max()}]")
+  if target not in TARGETS:
+    raise UserError(f"target must be one of {TARGETS}, got {target!r}")
+  if class_map is None:
+    class_map = np.arange(dataset.num_classes, dtype=np.int32)
+    num_classes = dataset.num_classes if num_classes is None else num_classes
+  elif num_classes is None:
+    raise UserError("num_classes (the number of targets) is required with a class_map")
+  class_map = np.asarray(class_map, np.int32)
+  if class_map.shape != (dataset.num_classes,):
+    raise UserError(f"class_map must have one entry per dataset class ({dataset.num_classes}), "
+                    f"got shape {class_map.shape}")
+  if class_map.min() < -1 or class_map.max() >= num_classes:
+    raise UserError(f"class_map entries must be -1 or in [0, num_classes={num_classes})")
+  if target == "class":
+    offsets, values = dataset.labels_csr(split)
+    valid = np.concatenate([[0], np.cumsum(class_map[values] >= 0)])
+    unlabelled = indices[(valid[offsets[1:]] - valid[offsets[:-1]])[indices] == 0]
+    if unlabelled.size:
+      raise UserError(
+          f"target 'class': {unlabelled.size} selected records of split {split!r} have no label "
+          f"left after class_map, e.g. record {unlabelled[0]} "
+          f"({dataset.ids(split)[unlabelled[0]]}); leave them out of `indices`")
+  return indices.astype(np.int64), _Labeler(class_map, int(num_classes), target)
+
+
+def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_map=None,
+                   num_classes: int | None = None, target: str = "multihot", batch_size: int,
+                   clip_samples: int, seed: int, process_index: int | None = None,
+                   process_count: int | None = None, worker_count: int = 0,
+                   prefetch: int = 2) -> grain.DatasetIterator:
+  """An infinite, checkpointable iterator of this process's training batches.
+
+  Batches are {"audio": int16 (B, clip_samples), "label": float32 (B, num_classes) multi-hot or
+  int32 (B,)}, B = batch_size // process_count. `num_classes` defaults to the dataset's (required
+  with a `class_map`). `worker_count` > 0 decodes in that many worker processes, each keeping
+  `prefetch` batches ready; with 0, a thread keeps `prefetch` batches ready.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  local_batch = _local_batch(batch_size, process_count)
+  indices, labeler = _select(dataset, split, indices, class_map, num_classes, target)
+  if len(indices) < process_count:
+    raise UserError(f"{len(indices)} records cannot feed {process_count} processes")
+  if not 0 <= seed < 2**32:
+    raise UserError(f"seed must be in [0, 2**32), got {seed}")
+  ds = (grain.MapDataset.source(indices)
+        .shuffle(seed=seed)
+        # Before the process slice: a crop depends on the global position, not on the layout.
+        .random_map(_TrainRecord(dataset.source(split), labeler, clip_samples),
+                    seed=(seed + 1) % 2**32)
+        [process_index::process_count]
+        .repeat())
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(16, local_batch),
+                                            prefetch_buffer_size=local_batch * max(prefetch, 1)))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  if worker_count > 0:
+    _allow_unparsed_absl_flags()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=max(prefetch, 1)))
+  elif prefetch > 0:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+  return iter(ds)
+
+
+def _eval_indices(dataset, split, indices, class_map, num_classes, target, batch_size,
+                  process_index, process_count):
+  """This process's record indices padded with -1 to the common batch count, and the labeler."""
+  process_index, process_count = _processes(process_index, process_count)
+  local_batch = _local_batch(batch_size, process_count)
+  indices, labeler = _select(dataset, split, indices, class_map, num_classes, target)
+  per_process = -(-len(indices) // process_count)
+  num_batches = -(-per_process // local_batch)
+  mine = indices[process_index::process_count]
+  padded = np.full(num_batches * local_batch, -1, np.int64)
+  padded[:len(mine)] = mine
+  return padded, labeler, local_batch
+
+
+def num_eval_batches(dataset: PreparedDataset, split: str, *, indices=None, batch_size: int,
+                     process_count: int | None = None) -> int:
+  """How many batches `eval_batches` yields (the same on every process)."""
+  padded, _, local_batch = _eval_indices(dataset, split, indices, None, None, "multihot",
+                                         batch_size, 0, process_count)
+  return len(padded) // local_batch
+
+
+def eval_batches(dataset: PreparedDataset, split: str, *, indices=None, class_map=None,
+                 num_classes: int | None = None, target: str = "multihot", batch_size: int,
+                 clip_samples: int, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.DatasetIterator:
+  """One pass over the selected records, as this process's share of full batches.
+
+  Batches hold "audio", "label" (as in `train_iterator`), "mask" float32 (B,) (0 for padding rows)
+  and "index" int32 (B,) (the record index in the split; -1 for padding rows, whose audio and label
+  are zeros). Audio is the clip's start, zero-padded if shorter than `clip_samples`.
+  """
+  padded, labeler, local_batch = _eval_indices(dataset, split, indices, class_map, num_classes,
+                                               target, batch_size, process_index, process_count)
+  ds = (grain.MapDataset.source(padded)
+        .map(_EvalRecord(dataset.source(split), labeler, clip_samples))
+        .to_iter_dataset(grain.ReadOptions(num_threads=min(16, local_batch),
+                                           prefetch_buffer_size=2 * local_batch))
+        .batch(local_batch, drop_remainder=True))
+  return iter(ds)
