@@ -1,0 +1,197 @@
+"""`audiotl bench`: throughput of train steps, the frontend, the input pipeline and the scores.
+
+Each benchmark warms up (compilation excluded), then times whole steps with the result fetched
+(`block_until_ready`), and reports the median of the repeats. Results are printed as a table and
+written to `workdir/bench.json` with the machine description, for BENCHMARKS.md.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from audiotl_jax import frontend, models, transferability
+from audiotl_jax.errors import unknown_name
+
+FRONTEND = dict(sample_rate=16000, n_fft=400, hop_length=160, n_mels=64, fmin=50.0, fmax=8000.0)
+
+
+def _time(fn, repeats: int) -> float:
+  """Median seconds of `fn()`; `fn` must block until its result is ready."""
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def bench_train_step(quick: bool) -> list[dict]:
+  from audiotl_jax import config as config_lib
+  from audiotl_jax.train import mesh as mesh_lib, state as state_lib, steps
+  defaults = config_lib.load("pretrain.py")  # The optimizer and augmentation a real run uses.
+  rows = []
+  clip_seconds, batch = (1.0, 8) if quick else (10.0, 16)
+  samples = int(clip_seconds * FRONTEND["sample_rate"])
+  fc = ml_collections.ConfigDict(FRONTEND)
+  frames = frontend.num_frames(samples, fc.hop_length)
+  mesh = mesh_lib.make_mesh()
+  batch = max(batch, mesh.devices.size) // mesh.devices.size * mesh.devices.size
+  rng = np.random.default_rng(0)
+  data = {"audio": rng.integers(-8000, 8000, (batch, samples)).astype(np.int16),
+          "label": (rng.random((batch, 527)) < 0.02).astype(np.float32)}
+  names = ["cnn:tiny"] if quick else ["cnn:S", "crnn:S", "dcase_cnn"]
+  for name in names:
+    model = models.get_model(name, num_classes=527)
+    tx = state_lib.make_optimizer(defaults.optim, total_steps=1000)
+    state, shardings = state_lib.create(model, tx, mesh, frames=frames, n_mels=fc.n_mels, seed=0)
+    step = steps.jit_train_step(steps.make_train_step(
+        model, steps.make_featurizer(fc, {"mean": -30.0, "std": 15.0}), tx,
+        loss_fn=steps.bce_loss, augment=defaults.augment, num_classes=527, target="multihot"),
+        shardings, mesh)
+    g = mesh_lib.to_global(data, mesh)
+    holder = {"state": state}
+
+    def run():
+      holder["state"], m = step(holder["state"], g)
+      m["loss"].block_until_ready()
+
+    t0 = time.perf_counter()
+    run()  # Compile.
+    compile_s = time.perf_counter() - t0
+    sec = _time(run, 2 if quick else 5)
+    rows.append({"bench": "train_step", "model": name, "clip_seconds": clip_seconds,
+                 "batch": batch, "clips_per_s": batch / sec, "step_s": sec,
+                 "compile_s": compile_s, "params": models.count_params(state.params)})
+  return rows
+
+
+def bench_frontend(quick: bool) -> list[dict]:
+  import librosa
+  n, clip_seconds = (8, 1.0) if quick else (64, 10.0)
+  sr = FRONTEND["sample_rate"]
+  audio = np.random.default_rng(0).standard_normal((n, int(clip_seconds * sr))).astype(np.float32)
+  audio *= 0.1
+  kw = {k: FRONTEND[k] for k in ("n_fft", "hop_length", "n_mels", "fmin", "fmax")}
+  fn = jax.jit(lambda x: frontend.log_mel(x, sr, **kw))
+  x = jnp.asarray(audio)
+  fn(x).block_until_ready()
+  sec_jax = _time(lambda: fn(x).block_until_ready(), 3 if quick else 10)
+
+  def lib():
+    for clip in audio:
+      librosa.power_to_db(librosa.feature.melspectrogram(y=clip, sr=sr, **kw), ref=1.0,
+                          top_db=None)
+
+  lib()
+  sec_lib = _time(lib, 1 if quick else 3)
+  return [{"bench": "frontend", "impl": "jax log_mel (jit)", "clips": n,
+           "clip_seconds": clip_seconds, "clips_per_s": n / sec_jax},
+          {"bench": "frontend", "impl": "librosa melspectrogram + power_to_db", "clips": n,
+           "clip_seconds": clip_seconds, "clips_per_s": n / sec_lib}]
+
+
+def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
+  """Grain from ArrayRecord to batches of int16 waveforms, as the train loop consumes them."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  from audiotl_jax.data import pipeline, records
+  from audiotl_jax.data.prepare import PreparedDataset
+  n, clip_seconds, batch = (64, 1.0, 16) if quick else (1024, 10.0, 64)
+  sr = FRONTEND["sample_rate"]
+  root = workdir / f"pipeline_{n}x{clip_seconds:g}s"
+  if not (root / "manifest.json").exists():
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    writer = ArrayRecordWriter(str(root / "train-00000.array_record"), "group_size:1")
+    labels = []
+    for i in range(n):
+      ls = sorted(set(rng.integers(0, 527, 3).tolist()))
+      labels.append(ls)
+      writer.write(records.encode(id=f"clip{i}", labels=ls, audio=rng.integers(
+          -8000, 8000, int(clip_seconds * sr)).astype(np.int16)))
+    writer.close()
+    offsets = np.cumsum([0] + [len(x) for x in labels]).astype(np.int64)
+    np.savez(root / "train.labels.npz", ids=np.asarray([f"clip{i}" for i in range(n)]),
+             offsets=offsets, values=np.concatenate(labels).astype(np.int32))
+    counts = np.bincount(np.concatenate(labels), minlength=527).tolist()
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "audiotl-arrayrecord/1", "dataset": "bench", "task": "multilabel",
+        "sample_rate": sr, "clip_seconds": clip_seconds,
+        "classes": [{"index": i, "id": str(i), "name": str(i)} for i in range(527)],
+        "splits": {"train": {"shards": ["train-00000.array_record"], "num_records": n,
+                             "class_counts": counts, "total_seconds": n * clip_seconds}},
+        "skipped": [], "problems": [], "source": {"reader": "bench"}}))
+  dataset = PreparedDataset(root)
+  rows = []
+  for workers in ([0] if quick else [0, 2]):
+    it = pipeline.train_iterator(
+        dataset, "train", class_map=np.arange(527, dtype=np.int32), num_classes=527,
+        target="multihot", batch_size=batch, clip_samples=int(clip_seconds * sr), seed=0,
+        process_index=0, process_count=1, worker_count=workers)
+    next(it)  # Start-up (worker processes) is not throughput.
+    num_batches = 4 if quick else max(2, 2 * n // batch)
+    t = time.perf_counter()
+    for _ in range(num_batches):
+      next(it)
+    sec = time.perf_counter() - t
+    rows.append({"bench": "pipeline", "worker_count": workers, "batch": batch,
+                 "clip_seconds": clip_seconds, "clips_per_s": num_batches * batch / sec,
+                 "clips_per_s_per_core": num_batches * batch / sec / os.cpu_count()})
+  return rows
+
+
+def bench_scores(quick: bool) -> list[dict]:
+  n, d, c = (1000, 64, 10) if quick else (10_000, 768, 50)
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, c, n)
+  feats = (rng.standard_normal((n, d)) + 0.5 * np.eye(c, d)[labels]).astype(np.float32)
+  probs = np.asarray(jax.nn.softmax(rng.standard_normal((n, 100)).astype(np.float32)))
+  rows = []
+  for name, (fn, _) in transferability.SCORES.items():
+    x = probs if name == "leep" else feats
+    jax.block_until_ready(fn(x, labels))
+    sec = _time(lambda: jax.block_until_ready(fn(x, labels)), 2 if quick else 5)
+    rows.append({"bench": "score", "score": name, "n": n, "d": x.shape[1], "classes": c,
+                 "seconds": sec})
+  return rows
+
+
+BENCHES = {
+    "train_step": lambda workdir, quick: bench_train_step(quick),
+    "frontend": lambda workdir, quick: bench_frontend(quick),
+    "pipeline": bench_pipeline,
+    "scores": lambda workdir, quick: bench_scores(quick),
+}
+
+
+def machine() -> dict:
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()][:4], "device_count": jax.device_count(),
+          "date": time.strftime("%Y-%m-%d")}
+
+
+def run(workdir: Path, *, only=(), quick: bool = False) -> list[dict]:
+  for name in only:
+    if name not in BENCHES:
+      raise unknown_name("benchmark", name, BENCHES)
+  workdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for name, fn in BENCHES.items():
+    if only and name not in only:
+      continue
+    print(f"bench: {name} ...", flush=True)
+    for row in fn(workdir, quick):
+      rows.append(row)
+      print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in row.items() if k != "bench"), flush=True)
+  out = {"machine": machine(), "quick": quick, "results": rows}
+  (workdir / "bench.json").write_text(json.dumps(out, indent=2) + "\n")
+  print(f"bench: results in {workdir / 'bench.json'}")
+  return rows

@@ -1,0 +1,166 @@
+"""`audiotl report`: a study's runs -> tables and plots.
+
+A study folder holds `pretrain/<state>/results.json`, `finetune/<state>-<strategy>/results.json`
+and optionally `score/scores.json` (the layout `audiotl demo` writes; a sweep writes the same).
+The report answers two questions: which pre-trained state transferred best with each strategy,
+and did the transferability scores rank the states as fine-tuning did (Pearson and Kendall
+correlation of each score with downstream accuracy, with the sign flipped for lower-is-better
+scores so that a positive correlation always means "the score predicted well").
+"""
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display on servers and CI.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from audiotl_jax.errors import UserError  # noqa: E402
+
+
+def _load(path: Path):
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(study: Path) -> dict:
+  study = Path(study)
+  if not study.exists():
+    raise UserError(f"study folder {study} does not exist")
+  pre = {p.parent.name: _load(p) for p in sorted(study.glob("pretrain/*/results.json"))}
+  fine = {}
+  for p in sorted(study.glob("finetune/*/results.json")):
+    r = _load(p)
+    name = p.parent.name
+    state = name[:-len(r["strategy"]) - 1] if name.endswith("-" + r["strategy"]) else name
+    fine[(state, r["strategy"])] = r
+  if not fine:
+    raise UserError(f"no fine-tuning results under {study}/finetune/*/results.json")
+  scores = _load(study / "score" / "scores.json")
+  return {"pretrain": pre, "finetune": fine, "scores": scores}
+
+
+def correlations(xs, ys) -> dict:
+  xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+  if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+    return {"pearson": float("nan"), "kendall": float("nan")}
+  return {"pearson": float(stats.pearsonr(xs, ys)[0]),
+          "kendall": float(stats.kendalltau(xs, ys)[0])}
+
+
+def _fmt(x, digits=4):
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def write(study: Path) -> Path:
+  study = Path(study)
+  data = collect(study)
+  fine = data["finetune"]
+  states = sorted({s for s, _ in fine}, key=lambda s: (s == "scratch", s))
+  strategies = sorted({k for _, k in fine})
+  metric = next(iter(fine.values()))["metric"]
+  lines = [f"# Transfer study: {study.name}", ""]
+
+  lines += ["## Pre-training", "", "| state | subset | fraction | classes | train clips | "
+            "val mAP | test mAP |", "|---|---|---|---|---|---|---|"]
+  for name in states:
+    r = data["pretrain"].get(name) or {}
+    lines.append(f"| {name} | {r.get('subset', '')} | {r.get('fraction', '')} | "
+                 f"{r.get('num_classes', '')} | {r.get('num_train_clips', 'untrained')} | "
+                 f"{_fmt(r.get('val', {}).get('mAP'))} | {_fmt(r.get('test', {}).get('mAP'))} |")
+
+  lines += ["", f"## Downstream test {metric} (best step chosen on validation)", "",
+            "| state | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
+  for name in states:
+    cells = [_fmt(fine[(name, s)]["test"][metric]) if (name, s) in fine else "" for s in strategies]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "![downstream accuracy](downstream.png)", ""]
+  _plot_downstream(study / "downstream.png", fine, states, strategies, metric)
+
+  if data["scores"]:
+    rows = {r["source"]: r for r in data["scores"]["rows"]}
+    score_names = list(data["scores"]["scores"])
+    lines += ["## Transferability scores", "", "| state | " + " | ".join(
+        f"{s} ({'higher' if data['scores']['scores'][s]['higher_is_better'] else 'lower'} is "
+        f"better)" for s in score_names) + " |", "|---" * (len(score_names) + 1) + "|"]
+    for name in states:
+      if name in rows:
+        lines.append(f"| {name} | " + " | ".join(_fmt(rows[name][s]) for s in score_names) + " |")
+    lines += ["", "Correlation of each score with downstream test " + metric +
+              " across states (sign-corrected: positive = the score ranked well):", "",
+              "| score | strategy | Pearson | Kendall |", "|---|---|---|---|"]
+    corr = {}
+    for s in score_names:
+      sign = 1.0 if data["scores"]["scores"][s]["higher_is_better"] else -1.0
+      for k in strategies:
+        names = [n for n in states if n in rows and (n, k) in fine]
+        c = correlations([sign * rows[n][s] for n in names], [fine[(n, k)]["test"][metric]
+                                                               for n in names])
+        corr[(s, k)] = c
+        lines.append(f"| {s} | {k} | {_fmt(c['pearson'], 3)} | {_fmt(c['kendall'], 3)} |")
+    lines += ["", "![scores against accuracy](scores.png)", ""]
+    _plot_scores(study / "scores.png", rows, fine, states, strategies, score_names, metric, corr)
+
+  lines += ["## Reading it", "", _verdict(data, states, strategies, metric), ""]
+  path = study / "report.md"
+  path.write_text("\n".join(lines))
+  (study / "report.json").write_text(json.dumps(
+      {"finetune": {f"{s}-{k}": r for (s, k), r in fine.items()},
+       "pretrain": data["pretrain"], "scores": data["scores"]}, indent=2, default=str) + "\n")
+  return path
+
+
+def _verdict(data, states, strategies, metric) -> str:
+  """Plain sentences on the question the demo asks: does similarity beat dissimilarity/scale?"""
+  fine, out = data["finetune"], []
+  subsets = {n: (data["pretrain"].get(n) or {}).get("subset") for n in states}
+  for k in strategies:
+    ranked = sorted((n for n in states if (n, k) in fine),
+                    key=lambda n: -fine[(n, k)]["test"][metric])
+    if ranked:
+      out.append(f"With `{k}`, the best state is **{ranked[0]}** "
+                 f"({metric} {fine[(ranked[0], k)]['test'][metric]:.3f}); order: "
+                 + " > ".join(ranked) + ".")
+  if subsets:
+    out.append("States and their pre-training subsets: " + ", ".join(
+        f"{n} = {subsets[n] or 'none'}" for n in states) + ".")
+  return " ".join(out)
+
+
+def _plot_downstream(path, fine, states, strategies, metric):
+  fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(states), 3.6))
+  width = 0.8 / len(strategies)
+  for j, k in enumerate(strategies):
+    vals = [fine[(n, k)]["test"][metric] if (n, k) in fine else np.nan for n in states]
+    bars = ax.bar(np.arange(len(states)) + j * width, vals, width, label=k)
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+  ax.set_xticks(np.arange(len(states)) + width * (len(strategies) - 1) / 2, states, rotation=15)
+  ax.set_ylabel(f"test {metric}")
+  ax.set_title("Downstream result per pre-trained state and strategy")
+  ax.legend(title="strategy", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _plot_scores(path, rows, fine, states, strategies, score_names, metric, corr):
+  fig, axes = plt.subplots(1, len(score_names), figsize=(4.2 * len(score_names), 3.6),
+                           squeeze=False)
+  for ax, s in zip(axes[0], score_names):
+    for k in strategies:
+      names = [n for n in states if n in rows and (n, k) in fine]
+      xs = [rows[n][s] for n in names]
+      ys = [fine[(n, k)]["test"][metric] for n in names]
+      c = corr[(s, k)]
+      ax.scatter(xs, ys, label=f"{k}: r={_fmt(c['pearson'], 2)}, tau={_fmt(c['kendall'], 2)}")
+      for x, y, n in zip(xs, ys, names):
+        ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(s)
+    ax.set_ylabel(f"test {metric}")
+    ax.legend(fontsize=7)
+  fig.suptitle("Transferability score against fine-tuned result (one point per state)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
