@@ -74,6 +74,7 @@ def run(config, workdir: Path) -> Path:
       cfg.strategy = strategy
       cfg.data.dir = str(workdir / "data" / config.downstream)
       cfg.optim.lr = config.finetune_lr[strategy]
+      cfg.num_epochs = config.finetune_epochs[strategy]
       cfg.augment.specaugment = strategy != "linear"
       cfg.progress = config.progress
     finetune.train(cfg, workdir / "finetune" / f"{name}-{strategy}")
@@ -87,6 +88,7 @@ def run(config, workdir: Path) -> Path:
 
   # ---------------------------------------------------------------- report
   print("demo: [6/6] report")
+  report.write_study(workdir, comparisons=[list(c) for c in config.comparisons])
   path = report.write(workdir)
   print(f"demo: finished in {time.time() - t0:.0f} s. Report: {path}")
   return path

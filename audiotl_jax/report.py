@@ -39,7 +39,14 @@ def collect(study: Path) -> dict:
   if not fine:
     raise UserError(f"no fine-tuning results under {study}/finetune/*/results.json")
   scores = _load(study / "score" / "scores.json")
-  return {"pretrain": pre, "finetune": fine, "scores": scores}
+  return {"pretrain": pre, "finetune": fine, "scores": scores,
+          "study": _load(study / "study.json") or {}}
+
+
+def write_study(study: Path, *, comparisons: list) -> None:
+  """Records the study's questions, `[question, state A, state B]`: is A better than B?"""
+  Path(study).mkdir(parents=True, exist_ok=True)
+  (Path(study) / "study.json").write_text(json.dumps({"comparisons": comparisons}, indent=2))
 
 
 def correlations(xs, ys) -> dict:
@@ -55,7 +62,7 @@ def _fmt(x, digits=4):
 
 
 def write(study: Path) -> Path:
-  study = Path(study)
+  study = Path(study).resolve()
   data = collect(study)
   fine = data["finetune"]
   states = sorted({s for s, _ in fine}, key=lambda s: (s == "scratch", s))
@@ -103,6 +110,7 @@ def write(study: Path) -> Path:
     lines += ["", "![scores against accuracy](scores.png)", ""]
     _plot_scores(study / "scores.png", rows, fine, states, strategies, score_names, metric, corr)
 
+  lines += _comparisons(data, strategies, metric)
   lines += ["## Reading it", "", _verdict(data, states, strategies, metric), ""]
   path = study / "report.md"
   path.write_text("\n".join(lines))
@@ -110,6 +118,29 @@ def write(study: Path) -> Path:
       {"finetune": {f"{s}-{k}": r for (s, k), r in fine.items()},
        "pretrain": data["pretrain"], "scores": data["scores"]}, indent=2, default=str) + "\n")
   return path
+
+
+def _comparisons(data, strategies, metric) -> list[str]:
+  """The study's questions as a table: A against B per strategy, with a yes/no answer."""
+  questions = data["study"].get("comparisons") or []
+  fine = data["finetune"]
+  if not questions:
+    return []
+  lines = ["## The questions", "", f"| question | strategy | A | B | test {metric} A | "
+           f"test {metric} B | A - B | A better? |", "|---|---|---|---|---|---|---|---|"]
+  for question, a, b in questions:
+    for k in strategies:
+      if (a, k) not in fine or (b, k) not in fine:
+        continue
+      va, vb = fine[(a, k)]["test"][metric], fine[(b, k)]["test"][metric]
+      answer = "yes" if va > vb else ("tie" if va == vb else "no")
+      lines.append(f"| {question} | {k} | {a} | {b} | {va:.3f} | {vb:.3f} | {va - vb:+.3f} | "
+                   f"**{answer}** |")
+  n_test = next(iter(fine.values())).get("num_test")
+  lines += ["", "Differences are single runs with one seed" +
+            (f" on {n_test} test clips" if n_test else "") +
+            "; a sweep over seeds gives their spread.", ""]
+  return lines
 
 
 def _verdict(data, states, strategies, metric) -> str:

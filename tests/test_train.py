@@ -179,3 +179,39 @@ def test_embed_and_score(prepared, pretrained, tmp_path):
                        out_dir=tmp_path / "score", batch_size=8, progress=False)
   assert set(rows[0]) >= {"nc_score", "logme", "leep"}
   assert all(np.isfinite(rows[0][k]) for k in ("nc_score", "logme", "leep"))
+
+
+def test_finetune_binary_detection_reports_auroc(tmp_path):
+  """A two-class CSV manifest is a detection task: BCE on one output, AUROC on the test split."""
+  import soundfile as sf
+  from audiotl_jax import config as config_lib
+  from audiotl_jax.data import prepare, readers
+  from audiotl_jax.train import finetune
+  rng = np.random.default_rng(0)
+  rows = ["path,label"]
+  for i in range(40):
+    label = "bird" if i % 2 else "nobird"
+    t = np.arange(8000) / 16000
+    tone = np.sin(2 * np.pi * (3000 + 1500 * t) * t) if label == "bird" else 0
+    sf.write(tmp_path / f"clip{i}.wav", (0.3 * tone + 0.05 * rng.standard_normal(8000)),
+             16000, subtype="PCM_16")
+    rows.append(f"clip{i}.wav,{label}")
+  (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
+  listing = readers.get_reader("csv")(tmp_path / "items.csv")
+  assert listing.task == "binary"
+  prepare.prepare(listing, tmp_path / "prepared", sample_rate=16000, clip_seconds=0.5,
+                  num_workers=1, progress=False)
+  config = config_lib.load("configs/finetune.py:strategy=full,model=cnn:tiny,runlocal")
+  with config.unlocked():
+    config.data.dir = str(tmp_path / "prepared")
+    config.data.clip_seconds = 0.5
+    config.batch_size = 8
+    config.total_steps = 4
+    config.eval_every = 2
+    config.frontend.n_mels = 32
+    config.progress = False
+  results = finetune.train(config, tmp_path / "run")
+  assert results["metric"] == "auroc" and results["task"] == "binary"
+  assert 0.0 <= results["test"]["auroc"] <= 1.0
+  _, meta, _ = checkpointing.load_model(tmp_path / "run")
+  assert meta["num_classes"] == 1

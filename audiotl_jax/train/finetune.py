@@ -182,7 +182,8 @@ def train(config, workdir) -> dict:
       "init": str(config.init), "model": model_name,
       "source_selection": source_meta.get("selection"), "best_step": best,
       "total_steps": total_steps, "num_params": num_params, "num_trainable": num_trainable,
-      "val": val, "test": test, "seconds": time.time() - t_start,
+      "num_test": int(len(sel.test)), "val": val, "test": test,
+      "seconds": time.time() - t_start,
   }
   if is_main:
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
