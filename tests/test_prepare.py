@@ -203,8 +203,10 @@ def test_csv_split_column_and_errors(tmp_path):
   (tmp_path / "l.csv").write_text("path,label,split\nx.wav,yes,train\ny.wav,no,test\n")
   listing = readers.csv_manifest(tmp_path / "l.csv")
   assert listing.task == "binary" and {it.split for it in listing.items} == {"train", "test"}
+  for i in range(20):
+    _wav(tmp_path / f"c{i}.wav", seconds=0.05)
   (tmp_path / "carve.csv").write_text(
-      "path,label\n" + "".join(f"{'xy'[i % 2]}.wav,{'ab'[i % 2]}\n" for i in range(20)))
+      "path,label\n" + "".join(f"c{i}.wav,{'ab'[i % 2]}\n" for i in range(20)))
   listing = readers.csv_manifest(tmp_path / "carve.csv", seed=1)
   splits = collections.Counter((it.split, it.labels[0]) for it in listing.items)
   assert splits == {("train", "a"): 8, ("train", "b"): 8, ("validation", "a"): 1,
@@ -253,3 +255,47 @@ def test_prepared_dataset_errors(tmp_path):
   _run(readers.csv_manifest(tmp_path / "l.csv"), tmp_path / "out")
   with pytest.raises(UserError, match="splits: train"):
     PreparedDataset(tmp_path / "out").labels("test")
+
+
+_SLOW_PREPARE = """
+import sys, time
+from audiotl_jax.data import prepare, readers
+real = prepare.load_clip
+def slow(*args, **kw):  # a pace the test can kill in the middle of
+  time.sleep(0.15)
+  return real(*args, **kw)
+prepare.load_clip = slow
+prepare.prepare(readers.csv_manifest(sys.argv[1]), sys.argv[2], shard_size=2, num_workers=1,
+                progress=False)
+"""
+
+
+def test_resume_after_kill(tmp_path):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  for i in range(16):
+    _wav(tmp_path / f"w{i}.wav", seconds=0.1)
+  (tmp_path / "l.csv").write_text(
+      "path,label,split\n" + "".join(f"w{i}.wav,c{i % 3},train\n" for i in range(16)))
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+  proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(tmp_path / "l.csv"),
+                           str(out)], env=env)
+  deadline = time.time() + 120
+  while len(list(out.glob("train-*.json"))) < 3 and time.time() < deadline:
+    assert proc.poll() is None, "prepare ended before it could be killed"
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  finished = {p.stem: p.with_suffix(".array_record").stat().st_mtime_ns
+              for p in out.glob("train-*.json")}
+  assert 3 <= len(finished) < 8 and not (out / "manifest.json").exists()
+  listing = readers.csv_manifest(tmp_path / "l.csv")
+  m = _run(listing, out, shard_size=2)
+  assert {s: out.joinpath(f"{s}.array_record").stat().st_mtime_ns for s in finished} == finished
+  assert m["splits"]["train"]["num_records"] == 16 and len(m["splits"]["train"]["shards"]) == 8
+  assert not list(out.glob("*.tmp"))
+  _check_consistent(listing, out, m)

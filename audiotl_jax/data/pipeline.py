@@ -19,7 +19,7 @@ error, raised up front.
 import grain
 import numpy as np
 
-from audiotl_jax.data import records
+from audiotl_jax.data import records, sampling
 from audiotl_jax.data.prepare import PreparedDataset
 from audiotl_jax.errors import UserError
 
@@ -150,13 +150,15 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
                    num_classes: int | None = None, target: str = "multihot", batch_size: int,
                    clip_samples: int, seed: int, process_index: int | None = None,
                    process_count: int | None = None, worker_count: int = 0,
-                   prefetch: int = 2) -> grain.DatasetIterator:
+                   prefetch: int = 2, weights=None) -> grain.DatasetIterator:
   """An infinite, checkpointable iterator of this process's training batches.
 
   Batches are {"audio": int16 (B, clip_samples), "label": float32 (B, num_classes) multi-hot or
   int32 (B,)}, B = batch_size // process_count. `num_classes` defaults to the dataset's (required
   with a `class_map`). `worker_count` > 0 decodes in that many worker processes, each keeping
-  `prefetch` batches ready; with 0, a thread keeps `prefetch` batches ready.
+  `prefetch` batches ready; with 0, a thread keeps `prefetch` batches ready. `weights` (one per
+  selected record, e.g. `sampling.balanced_weights`) draws records with replacement in proportion
+  to them instead of shuffling; the draws are seeded by stream position like the shuffle.
   """
   process_index, process_count = _processes(process_index, process_count)
   local_batch = _local_batch(batch_size, process_count)
@@ -165,8 +167,12 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
     raise UserError(f"{len(indices)} records cannot feed {process_count} processes")
   if not 0 <= seed < 2**32:
     raise UserError(f"seed must be in [0, 2**32), got {seed}")
-  ds = (grain.MapDataset.source(indices)
-        .shuffle(seed=seed)
+  ds = grain.MapDataset.source(indices)
+  if weights is None:
+    ds = ds.shuffle(seed=seed)
+  else:
+    ds = sampling.WeightedDraws(ds, weights, seed)
+  ds = (ds
         # Before the process slice: a crop depends on the global position, not on the layout.
         .random_map(_TrainRecord(dataset.source(split), labeler, clip_samples),
                     seed=(seed + 1) % 2**32)

@@ -17,68 +17,19 @@ import json
 import multiprocessing
 import os
 import re
-import warnings
 from pathlib import Path
 
 from array_record.python.array_record_module import ArrayRecordWriter
 import numpy as np
-import soundfile as sf
-import soxr
 import tqdm
 
 import audiotl_jax
-from audiotl_jax.data import records
-from audiotl_jax.data.readers import DatasetListing
+from audiotl_jax.data import inventory, records
+from audiotl_jax.data.decode import Skip, load_clip
+from audiotl_jax.data.readers.common import DatasetListing
 from audiotl_jax.errors import UserError
 
 FORMAT = "audiotl-arrayrecord/1"
-# Read this much past `clip_seconds` so the resampler's filter has real signal at the clip's end.
-_READ_MARGIN_SECONDS = 0.1
-
-
-class _Skip(Exception):
-  """A file that cannot become a record; the message is the reason."""
-
-
-def _decode(path: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
-  """(frames, channels) float32 and the file's sample rate."""
-  try:
-    with sf.SoundFile(path) as f:
-      frames = -1 if max_seconds is None else int(np.ceil(max_seconds * f.samplerate))
-      return f.read(frames, dtype="float32", always_2d=True), f.samplerate
-  except sf.LibsndfileError as e:
-    if not os.path.isfile(path):
-      raise _Skip("missing file") from e
-    first_error = e
-  # Formats libsndfile lacks (e.g. m4a) go through librosa's audioread backend. Imported here:
-  # librosa is slow to import and rarely needed.
-  import librosa  # pylint: disable=g-import-not-at-top
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # librosa warns that soundfile failed; we know
-      x, sr = librosa.load(path, sr=None, mono=False, duration=max_seconds, dtype=np.float32)
-  except Exception as e:  # pylint: disable=broad-except  (any decoder failure means unreadable)
-    raise _Skip(f"unreadable: {first_error}; audioread: {type(e).__name__}: {e}") from e
-  return np.atleast_2d(x).T, int(sr)
-
-
-def load_clip(path, sample_rate: int, clip_seconds: float | None) -> np.ndarray:
-  """Decode, downmix (mean), resample (soxr HQ), pad/crop from the start, convert to int16."""
-  max_seconds = None if clip_seconds is None else clip_seconds + _READ_MARGIN_SECONDS
-  x, sr = _decode(str(path), max_seconds)
-  if x.size == 0:
-    raise _Skip("empty (0 samples)")
-  x = x.mean(axis=1)
-  if not np.isfinite(x).all():
-    raise _Skip("non-finite samples (NaN/Inf)")
-  if sr != sample_rate:
-    x = soxr.resample(x, sr, sample_rate, quality="HQ")
-  if clip_seconds is not None:
-    n = int(round(clip_seconds * sample_rate))
-    x = np.pad(x[:n], (0, max(0, n - len(x))))
-  return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
-
-
 def _atomic_write(path: Path, write) -> None:
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "wb") as f:
@@ -95,15 +46,17 @@ def _write_shard(task: dict) -> dict:
   out_dir, stem = Path(task["out_dir"]), task["stem"]
   tmp = out_dir / f"{stem}.array_record.tmp"
   side = {"fingerprint": task["fingerprint"], "stem": stem, "split": task["split"], "ids": [],
-          "labels": [],
-          "num_samples": [], "skipped": []}
+          "labels": [], "num_samples": [], "skipped": [], "notes": []}
   writer = ArrayRecordWriter(str(tmp), "group_size:1")
-  for id_, path, labels in task["items"]:
+  for id_, path, labels, start, duration in task["items"]:
+    notes = []
     try:
-      audio = load_clip(path, task["sample_rate"], task["clip_seconds"])
-    except _Skip as e:
+      audio = load_clip(path, task["sample_rate"], task["clip_seconds"], start=start,
+                        duration=duration, notes=notes)
+    except Skip as e:
       side["skipped"].append({"split": task["split"], "id": id_, "path": path, "reason": str(e)})
       continue
+    side["notes"] += [{"split": task["split"], "id": id_, "path": path, "note": n} for n in notes]
     writer.write(records.encode(id=id_, audio=audio, labels=labels))
     side["ids"].append(id_)
     side["labels"].append(labels)
@@ -132,6 +85,11 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
   whole shards. Files that cannot be decoded are skipped with their reason, never fatal. Workers
   are spawned (they re-import the calling script), so a script calling this needs the usual
   `if __name__ == "__main__":` guard.
+
+  The manifest accounts for every source row (`inventory.py`): `skipped` (files, with reasons),
+  `problems` (the listing's), `notes` (files kept despite damage: truncated, clipped), `counts`
+  (rows = records + skipped + dropped) and, for AudioSet, `coverage` (per class: listed, found,
+  prepared, missing).
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,8 +110,9 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
       raise UserError(f"dataset {listing.name!r}: id {item.id!r} occurs twice in split "
                       f"{item.split!r}")
     seen.add((item.split, item.id))
-    by_split[item.split].append(
-        (item.id, str(item.path), [class_index[label] for label in item.labels]))
+    by_split[item.split].append((item.id, str(item.path),
+                                 [class_index[label] for label in item.labels],
+                                 float(item.start), item.duration))
 
   tasks, done = [], {}
   for split, items in by_split.items():
@@ -193,7 +152,7 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
       "sample_rate": sample_rate, "clip_seconds": clip_seconds,
       "classes": [{"index": i, "id": c["id"], "name": c["name"]}
                   for i, c in enumerate(listing.classes)],
-      "splits": {}, "skipped": [], "problems": list(listing.problems),
+      "splits": {}, "skipped": [], "notes": [], "problems": list(listing.problems),
       "source": dict(listing.source) or {"reader": listing.name},
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "audiotl_version": audiotl_jax.__version__,
@@ -207,6 +166,7 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
       labels += side["labels"]
       samples += sum(side["num_samples"])
       manifest["skipped"] += side["skipped"]
+      manifest["notes"] += side.get("notes", [])
     for ls in labels:
       counts[np.unique(np.asarray(ls, np.int64))] += 1
     offsets = np.cumsum([0] + [len(ls) for ls in labels], dtype=np.int64)
@@ -216,24 +176,12 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
     manifest["splits"][split] = {
         "shards": [f"{s['stem']}.array_record" for s in sides], "num_records": len(ids),
         "class_counts": counts.tolist(), "total_seconds": samples / sample_rate}
+  manifest["counts"] = inventory.counts(manifest, len(seen))
+  if listing.coverage:
+    manifest["coverage"] = inventory.coverage(listing, manifest)
   _write_json(out_dir / "manifest.json", manifest)
-  _print_summary(manifest, out_dir)
+  print(inventory.summary(manifest, out_dir))
   return manifest
-
-
-def _print_summary(manifest: dict, out_dir: Path) -> None:
-  lines = [f"prepared {manifest['dataset']!r} in {out_dir}:"]
-  for split, s in manifest["splits"].items():
-    lines.append(f"  {split}: {s['num_records']} records, {s['total_seconds'] / 3600:.2f} h, "
-                 f"{len(s['shards'])} shards")
-  reasons = collections.Counter(s["reason"].split(":")[0] for s in manifest["skipped"])
-  lines.append(f"  skipped {len(manifest['skipped'])} files" +
-               "".join(f"\n    {n} x {r}" for r, n in reasons.most_common()))
-  if manifest["problems"]:
-    reasons = collections.Counter(p["reason"] for p in manifest["problems"])
-    lines.append(f"  listing problems: {len(manifest['problems'])}" +
-                 "".join(f"\n    {n} x {r}" for r, n in reasons.most_common(10)))
-  print("\n".join(lines))
 
 
 class PreparedDataset:

@@ -6,6 +6,8 @@ jitted init with `out_shardings` materialises them in place, never whole on one 
 Each process feeds only its own rows; `jax.make_array_from_process_local_data` stitches the global
 batch, so the same code runs on one CPU, one GPU host or a TPU pod slice.
 """
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -13,6 +15,37 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from audiotl_jax.errors import UserError
 
 DATA = "data"
+# Explicit multi-process settings, for clusters jax cannot detect (TPU VMs and SLURM it can).
+COORDINATOR_ENV = "AUDIOTL_COORDINATOR_ADDRESS"  # host:port of process 0
+NUM_PROCESSES_ENV = "AUDIOTL_NUM_PROCESSES"
+PROCESS_ID_ENV = "AUDIOTL_PROCESS_ID"
+
+
+def initialize_distributed(env=None) -> bool:
+  """Starts `jax.distributed` when the environment asks for it; returns whether it did.
+
+  `AUDIOTL_DISTRIBUTED=1` (the launchers set it): jax finds the cluster itself (TPU VM metadata,
+  SLURM variables, or JAX_COORDINATOR_ADDRESS). `AUDIOTL_COORDINATOR_ADDRESS=host:port` with
+  `AUDIOTL_NUM_PROCESSES` and `AUDIOTL_PROCESS_ID`: an explicit cluster, e.g. plain GPU hosts.
+  Must run before anything touches a jax backend.
+  """
+  env = os.environ if env is None else env
+  address = env.get(COORDINATOR_ENV)
+  if address:
+    try:
+      num, pid = int(env[NUM_PROCESSES_ENV]), int(env[PROCESS_ID_ENV])
+    except (KeyError, ValueError):
+      raise UserError(f"{COORDINATOR_ENV} is set, so {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV} "
+                      f"must be integers; got {env.get(NUM_PROCESSES_ENV)!r}, "
+                      f"{env.get(PROCESS_ID_ENV)!r}") from None
+    if not 0 <= pid < num:
+      raise UserError(f"{PROCESS_ID_ENV}={pid} is not in [0, {NUM_PROCESSES_ENV}={num})")
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    return True
+  if env.get("AUDIOTL_DISTRIBUTED") or env.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+    return True
+  return False
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -1,0 +1,118 @@
+"""Balanced sampling from the local manifest, random gain, and reproducibility across a resume."""
+import collections
+import itertools
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiotl_jax import frontend
+from audiotl_jax.data import pipeline, readers, records, sampling
+from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.errors import UserError
+from conftest import tiny_pretrain_config
+
+# 20 records: "common" on 16 of them, "rare" on 4 (two of those also "common").
+LABELS = ["common"] * 16 + ["rare", "rare", "rare;common", "rare;common"]
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+  d = tmp_path_factory.mktemp("sampling")
+  rows = []
+  for i, label in enumerate(LABELS):
+    sf.write(d / f"c{i}.wav", np.full(400, 10 * (i + 1), np.int16), 16000)
+    rows.append(f"c{i}.wav,{label},train")
+  (d / "l.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+  prepare(readers.csv_manifest(d / "l.csv"), d / "out", shard_size=8, num_workers=1,
+          progress=False)
+  return PreparedDataset(d / "out")
+
+
+def _record_of(ds):
+  src = ds.source("train")
+  return {int(records.decode(src[i])["audio"][0]): i for i in range(len(LABELS))}
+
+
+def _iter(ds, weights, **kw):
+  kw = {"batch_size": 4, "clip_samples": 400, "seed": 7, "process_index": 0, "process_count": 1,
+        "prefetch": 0, **kw}
+  return pipeline.train_iterator(ds, "train", weights=weights, **kw)
+
+
+def test_weights_come_from_the_selected_records(ds):
+  classes = [c["id"] for c in ds.classes]
+  common, rare = classes.index("common"), classes.index("rare")
+  w = sampling.balanced_weights(ds, "train", np.arange(20))
+  np.testing.assert_allclose(w[:16], 1 / 18)
+  np.testing.assert_allclose(w[16:18], 1 / 4)
+  np.testing.assert_allclose(w[18:], 1 / 4 + 1 / 18)
+  # A selection counts only its own records; a class mapped away counts for nothing.
+  class_map = np.full(2, -1, np.int32)
+  class_map[rare] = 0
+  w = sampling.balanced_weights(ds, "train", [0, 16, 18], class_map)
+  np.testing.assert_allclose(w, [0, 0.5, 0.5])
+  with pytest.raises(UserError, match="one entry per selected record"):
+    _iter(ds, np.ones(3))
+  with pytest.raises(UserError, match="not all zero"):
+    _iter(ds, np.zeros(20))
+  assert common != rare
+
+
+def test_balanced_stream_draws_classes_evenly(ds):
+  record_of = _record_of(ds)
+  w = sampling.balanced_weights(ds, "train", np.arange(20))
+  drawn = [record_of[int(a[0])] for b in itertools.islice(_iter(ds, w), 150) for a in b["audio"]]
+  has_rare = np.mean([r >= 16 for r in drawn])
+  assert 0.5 < has_rare < 0.65  # 1/2 + the rare records' share of "common"; uniform gives 0.2
+  counts = collections.Counter(drawn)
+  assert counts[0] < counts[16]
+
+
+def test_weighted_stream_resumes_and_shards(ds):
+  w = sampling.balanced_weights(ds, "train", np.arange(20))
+  it = _iter(ds, w)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it)["audio"] for _ in range(3)]
+  again = _iter(ds, w)
+  again.set_state(state)
+  for a in want:
+    np.testing.assert_array_equal(next(again)["audio"], a)
+  # Two processes together draw what one process draws, position by position.
+  one = np.concatenate([b["audio"][:, 0] for b in itertools.islice(_iter(ds, w), 4)])
+  parts = [np.concatenate([b["audio"][:, 0] for b in itertools.islice(
+      _iter(ds, w, process_index=p, process_count=2), 4)]) for p in (0, 1)]
+  np.testing.assert_array_equal(one[0::2], parts[0][:8])
+  np.testing.assert_array_equal(one[1::2], parts[1][:8])
+  other = np.concatenate([b["audio"][:, 0] for b in itertools.islice(_iter(ds, w, seed=8), 4)])
+  assert not np.array_equal(one, other)
+
+
+def test_random_gain():
+  x = jax.numpy.ones((64, 10))
+  y = frontend.random_gain(jax.random.PRNGKey(0), x, max_db=6.0)
+  gains_db = 20 * np.log10(np.asarray(y[:, 0]))
+  assert gains_db.min() >= -6.0 - 1e-4 and gains_db.max() <= 6.0 + 1e-4 and gains_db.std() > 2
+  np.testing.assert_allclose(y, y[:, :1] * np.ones((1, 10)), rtol=1e-6)  # one gain per clip
+  np.testing.assert_array_equal(frontend.random_gain(jax.random.PRNGKey(0), x, max_db=0.0), x)
+  np.testing.assert_array_equal(y, frontend.random_gain(jax.random.PRNGKey(0), x, max_db=6.0))
+
+
+@pytest.mark.slow  # ~40 s on 2 cores; the pipeline-level resume test above is the fast check
+def test_pretrain_resume_with_balanced_sampling_and_augmentation(prepared, tmp_path):
+  from audiotl_jax.train import metrics, pretrain
+  kw = {"data.balanced": True, "augment.mixup_alpha": 0.4, "augment.gain_db": 6.0}
+  whole = pretrain.train(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "whole")
+  assert pretrain.train(tiny_pretrain_config(prepared["audioset"], stop_at=2, **kw),
+                        tmp_path / "parts") == {"stopped_at": 2}
+  pretrain.train(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "parts")
+
+  def losses(workdir):
+    return [r["train_loss"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")
+            if "train_loss" in r]
+
+  assert len(losses(tmp_path / "whole")) == whole["total_steps"] == 4
+  np.testing.assert_allclose(losses(tmp_path / "parts"), losses(tmp_path / "whole"), rtol=1e-5)
