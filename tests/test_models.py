@@ -12,7 +12,10 @@ from audiotl_jax.errors import UserError
 
 TINY = [n for n in models.list_models() if n.endswith(":tiny")]
 # Every top-level parameter name the fine-tuning regexes may meet.
-ALLOWED_TOP = re.compile(r"^(block\d+|embedding|gru|head)$")
+ALLOWED_TOP = re.compile(r"^(block\d+|embedding|gru|encoder_norm|head)$")
+# AST's forward contract is tested in test_ast.py on a cut-down width (12 blocks of ast:tiny take
+# seconds to compile on CPU); its shapes and counts are checked here too.
+CONTRACT = [n for n in models.list_models() if not n.startswith("ast:")]
 
 
 def _batch(batch=4, frames=32, mel_bins=16, seed=0):
@@ -103,7 +106,7 @@ def test_default_variant():
           == models.get_model("dcase_cnn:base", num_classes=3))
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", CONTRACT)
 def test_forward_contract(name):
   model = models.get_model(name, num_classes=5)
   x = _batch()
@@ -114,7 +117,8 @@ def test_forward_contract(name):
   # Every parameter lives under a name the freezing regexes know.
   assert all(ALLOWED_TOP.match(k) for k in params), list(params)
   assert set(blocks) <= set(params) and "head" in params
-  assert params["head"]["kernel"].shape == (model.embedding_dim, 5)
+  head = params["head"].get("dense", params["head"])  # AST: LayerNorm + dense
+  assert head["kernel"].shape == (model.embedding_dim, 5)
 
   apply = _apply_both(model)
   results = apply(variables, x)
@@ -128,6 +132,8 @@ def test_forward_contract(name):
     assert out["embedding"].shape == (4, model.embedding_dim)
     np.testing.assert_array_equal(out["logits"], logits)
     assert np.all(np.isfinite(logits))
+  if "batch_stats" not in variables:
+    return  # AST: no BatchNorm, so nothing below applies.
   # Train mode normalises with batch statistics, eval mode with the running ones.
   assert not np.allclose(train_logits, results[False][0])
   # Every running mean and variance moves in train mode.
@@ -214,7 +220,7 @@ def test_new_num_classes_changes_only_head(name):
 
 
 # Odd sizes and a single cell go through the shared pooling; crnn adds a length-1 GRU sequence.
-@pytest.mark.parametrize("name,frames,mel_bins", [(n, 10, 8) for n in TINY] + [
+@pytest.mark.parametrize("name,frames,mel_bins", [(n, 10, 8) for n in CONTRACT if n in TINY] + [
     ("cnn:tiny", 1, 1), ("crnn:tiny", 1, 1), ("cnn:tiny", 7, 5)])
 def test_short_input(name, frames, mel_bins):
   model = models.get_model(name, num_classes=3)

@@ -85,6 +85,28 @@ def pretrain(dataset, dcfg, ontology=None) -> Selection:
   return Selection(classes, class_map, np.asarray(train), val, test, desc)
 
 
+def few_shot(labels: list[np.ndarray], pool: np.ndarray, num_classes: int, k: int,
+             seed: int) -> tuple[np.ndarray, str]:
+  """k records per class from `pool`, drawn by `seed` (each class on its own stream, so one
+  class's draw does not depend on another's size); a class with fewer keeps all it has.
+
+  Returns the sorted record indices and a note for the run's description.
+  """
+  by_class = [[] for _ in range(num_classes)]
+  for i in pool:
+    for c in labels[i]:
+      by_class[int(c)].append(int(i))
+  picked, short = set(), []
+  for c, members in enumerate(by_class):
+    rng = np.random.default_rng([seed, c])
+    take = rng.permutation(np.asarray(members, np.int64))[:k]
+    picked.update(take.tolist())
+    if len(members) < k:
+      short.append(c)
+  note = f" ({k}-shot, seed {seed}" + (f"; {len(short)} classes have fewer" if short else "") + ")"
+  return np.asarray(sorted(picked), np.int64), note
+
+
 def downstream(dataset, dcfg) -> Selection:
   """A downstream task uses its own splits and every class; validation must not be the test split."""
   for key in ("train_split", "val_split", "test_split"):
@@ -98,8 +120,12 @@ def downstream(dataset, dcfg) -> Selection:
   train = np.arange(dataset.num_records(dcfg.train_split))
   if dcfg.get("fraction", 1.0) < 1.0:
     train = ontology_lib.fraction_indices(train, float(dcfg.fraction), int(dcfg.seed))
+  few = ""
+  if int(dcfg.get("few_shot", 0)) > 0:
+    train, few = few_shot(dataset.labels(dcfg.train_split), train, dataset.num_classes,
+                          int(dcfg.few_shot), int(dcfg.seed))
   val = np.arange(dataset.num_records(dcfg.val_split))
   test = np.arange(dataset.num_records(dcfg.test_split))
-  desc = (f"{dataset.manifest['dataset']}: {dataset.num_classes} classes, {len(train)} train, "
-          f"{len(val)} val, {len(test)} test clips")
+  desc = (f"{dataset.manifest['dataset']}: {dataset.num_classes} classes, {len(train)} train"
+          f"{few}, {len(val)} val, {len(test)} test clips")
   return Selection(list(dataset.classes), class_map, train, val, test, desc)

@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from audiotl_jax.errors import UserError, unknown_name
-from audiotl_jax.models import cnn, crnn, dcase_cnn
+from audiotl_jax.models import ast, cnn, crnn, dcase_cnn
 
 # family -> (module class, module holding VARIANTS / DEFAULT_VARIANT / decode_variant).
 _FAMILIES = {
     cnn.FAMILY: (cnn.Cnn, cnn),
     crnn.FAMILY: (crnn.Crnn, crnn),
     dcase_cnn.FAMILY: (dcase_cnn.DcaseCnn, dcase_cnn),
+    ast.FAMILY: (ast.Ast, ast),
 }
 
 
@@ -51,7 +52,7 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise UserError(f"model {name!r}: num_classes must be a positive integer, got {num_classes!r}")
   channels = config.get("channels", ())
-  if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+  if "channels" in known and not channels or any(not isinstance(c, int) or c < 1 for c in channels):
     raise UserError(
         f"model {name!r}: channels must be a non-empty sequence of positive integers, "
         f"got {channels!r}")
@@ -69,12 +70,18 @@ def param_shapes(model: nn.Module, frames: int = 100, mel_bins: int = 64) -> dic
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
-def describe_models(num_classes: int, frames: int = 100,
-                    mel_bins: int = 64) -> list[tuple[str, int]]:
-  """(name, trainable parameter count) for every registered variant; batch_stats not counted."""
+def describe_models(num_classes: int, frames: int | None = None,
+                    mel_bins: int | None = None) -> list[tuple[str, int]]:
+  """(name, trainable parameter count) for every registered variant; batch_stats not counted.
+
+  Counted at each family's usual input (`DEFAULT_INPUT`: AST's 1024 x 128 fbank, whose position
+  embeddings depend on it; 100 x 64 otherwise) unless `frames`/`mel_bins` are given.
+  """
   rows = []
   for name in list_models():
-    shapes = param_shapes(get_model(name, num_classes=num_classes), frames, mel_bins)
+    mod = _FAMILIES[name.partition(":")[0]][1]
+    f, m = getattr(mod, "DEFAULT_INPUT", (100, 64))
+    shapes = param_shapes(get_model(name, num_classes=num_classes), frames or f, mel_bins or m)
     rows.append((name, count_params(shapes["params"])))
   return rows
 

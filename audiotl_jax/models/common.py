@@ -69,6 +69,7 @@ class ConvBlock(nn.Module):
   """Conv (no bias: BatchNorm's shift makes it redundant) -> BatchNorm -> ReLU -> 2x2 avg pool."""
   features: int
   kernel_size: int = 3
+  adapter_reduction: float = 0.0   # > 0: a residual conv adapter after the block (PETL)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -78,17 +79,32 @@ class ConvBlock(nn.Module):
                 kernel_init=conv_kernel_init, dtype=self.dtype, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      dtype=self.dtype, name="bn")(x)
-    return pool2x2(nn.relu(x))
+    x = pool2x2(nn.relu(x))
+    if self.adapter_reduction:
+      from audiotl_jax.models import petl  # Local: petl imports nothing from here.
+      x = petl.ConvMapAdapter(petl.bottleneck(self.features, self.adapter_reduction),
+                              dtype=self.dtype, name="adapter")(x)
+    return x
 
 
 def conv_trunk(x, channels: Sequence[int], kernel_size: int, dtype, *, train: bool,
-               out: dict) -> jnp.ndarray:
+               out: dict, petl=None) -> jnp.ndarray:
   """Runs blocks `block1..blockN` (created in the caller's scope) and records each output.
 
   Must be called from inside the caller's compact method so the blocks are top-level children
   named `blockK`, which is what the fine-tuning regexes freeze.
   """
   for name, features in zip(block_names(len(channels)), channels):
-    x = ConvBlock(features, kernel_size=kernel_size, dtype=dtype, name=name)(x, train=train)
+    x = ConvBlock(features, kernel_size=kernel_size, dtype=dtype, name=name,
+                  adapter_reduction=petl.conv_reduction if petl else 0.0)(x, train=train)
     out[name] = x
   return x
+
+
+def head(num_classes: int, petl, dtype) -> nn.Module:
+  """The classifier, named `head`: Dense, or the PETL MLP when `petl.head_hidden` is set."""
+  if petl is not None and petl.head_hidden:
+    from audiotl_jax.models import petl as petl_lib
+    return petl_lib.MlpHead(petl.head_hidden, num_classes, dtype, name="head")
+  return nn.Dense(num_classes, kernel_init=nn.initializers.xavier_uniform(), dtype=dtype,
+                  name="head")

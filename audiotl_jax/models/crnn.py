@@ -34,6 +34,7 @@ class Crnn(nn.Module):
   kernel_size: int = 3
   # Applied to the embedding before the head; 0 keeps training steps a function of the batch.
   dropout_rate: float = 0.0
+  petl: Any = None              # models.petl.Petl: a conv adapter or an MLP head (fine-tuning)
   dtype: Any = jnp.float32
 
   def block_names(self) -> tuple[str, ...]:
@@ -43,7 +44,8 @@ class Crnn(nn.Module):
   def __call__(self, x, *, train: bool):
     out = {}
     x = common.to_image(x, self.dtype)
-    x = common.conv_trunk(x, self.channels, self.kernel_size, self.dtype, train=train, out=out)
+    x = common.conv_trunk(x, self.channels, self.kernel_size, self.dtype, train=train, out=out,
+                          petl=self.petl)
     x = jnp.mean(x, axis=2)  # (batch, time, channels)
     out["sequence"] = x
     # parent=None: otherwise the cell would be registered in this module's scope (as a top-level
@@ -56,8 +58,7 @@ class Crnn(nn.Module):
     out["pooled"] = x
     out["embedding"] = x
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.xavier_uniform(),
-                      dtype=self.dtype, name="head")(x)
+    logits = common.head(self.num_classes, self.petl, self.dtype)(x)
     logits = logits.astype(jnp.float32)
     out["logits"] = logits
     return logits, out

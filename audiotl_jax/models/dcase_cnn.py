@@ -32,6 +32,7 @@ class DcaseCnn(nn.Module):
   kernel_size: int = 5
   # Applied to the pooled vector before the head; 0 keeps training steps a function of the batch.
   dropout_rate: float = 0.0
+  petl: Any = None              # models.petl.Petl: a conv adapter or an MLP head (fine-tuning)
   dtype: Any = jnp.float32
 
   @property
@@ -45,13 +46,13 @@ class DcaseCnn(nn.Module):
   def __call__(self, x, *, train: bool):
     out = {}
     x = common.to_image(x, self.dtype)
-    x = common.conv_trunk(x, self.channels, self.kernel_size, self.dtype, train=train, out=out)
+    x = common.conv_trunk(x, self.channels, self.kernel_size, self.dtype, train=train, out=out,
+                          petl=self.petl)
     x = jnp.max(x, axis=(1, 2))
     out["pooled"] = x
     out["embedding"] = x
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.xavier_uniform(),
-                      dtype=self.dtype, name="head")(x)
+    logits = common.head(self.num_classes, self.petl, self.dtype)(x)
     logits = logits.astype(jnp.float32)
     out["logits"] = logits
     return logits, out
