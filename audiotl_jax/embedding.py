@@ -1,12 +1,34 @@
 """`audiotl embed`: stream a dataset through a model once and write layer outputs to disk.
 
-Output, per split, under the workdir: `<split>/<layer>.npy` (float32, memory-mapped while written,
-one row per clip, in record order), `<split>/labels.npy` (class ids, or multi-hot rows),
-`<split>/ids.json`, and `<split>/metadata.json` (model, checkpoint, layer shapes, pooling,
-frontend), written last so a folder with metadata is complete; a killed run redoes only the
-splits without it. Feature maps (batch, time, freq, channels) are pooled to vectors.
+Output, per split, under the workdir: `<split>/<name>.npy` (float32, memory-mapped while written,
+one row per clip at its record index), `<split>/labels.npy` (class ids, or multi-hot rows, also
+memory-mapped), `<split>/ids.json`, and `<split>/metadata.json` (model, checkpoint, parameter
+count, layer shapes and pooling, frontend), written last so a folder with metadata is complete.
+
+Resuming: after every `flush_every` batches the memory maps are flushed and then
+`<split>/progress.json` records how many batches are done. A killed run started again continues
+at that batch (the rows of the batches after it are simply written again); a split with
+metadata is skipped.
+
+Layers and pooling. A layer is a name of the model's output dict, optionally `name:pooling`
+(the file is then `<name>_<pooling>.npy`); `pooling` is the default for the others. Pooling is
+a named choice checked against the layer's rank:
+  rank 2 (batch, features)            vectors (`embedding`, `pooled`, `logits`; AST `cls`, `dist`,
+                                      `cls_dist_mean`, `patch_mean`): `none`, the default for them
+  rank 3 (batch, tokens, features)    token sequences (AST `tokens`, [cls, dist, patches...]):
+                                      `cls`, `dist`, `cls_dist_mean`, `patch_mean`, `mean`, `max`
+  rank 4 (batch, time, freq, chan.)   CNN feature maps (`block1`...): global `mean`, `max`,
+                                      `meanmax` (their sum, as PANNs), `panns` (mean over freq,
+                                      then max + mean over time), `time_mean`, `time_max` (over
+                                      time only, keeping freq x channels)
+
+HEAR layout (`layout="hear"`, in addition to the arrays): the scene embeddings the HEAR 2021
+API's `get_scene_embeddings` returns, one file per clip, as the HEAR evaluation kit stores them:
+`hear/<name>/<split>/<id>.embedding.npy` (float32, shape (D,); `/` in ids becomes `__`) and
+`hear/<name>/<split>.target-labels.json` ({file stem: [label names]}).
 """
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -15,30 +37,69 @@ import ml_collections
 import numpy as np
 
 from audiotl_jax import config as config_lib
-from audiotl_jax import frontend, models
+from audiotl_jax import fbank, models
+from audiotl_jax.models import petl as petl_lib
 from audiotl_jax.data import pipeline
 from audiotl_jax.data.prepare import PreparedDataset
 from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.train import checkpointing, mesh as mesh_lib, steps
 
-POOLING = {
-    "mean": lambda x, axes: x.mean(axes),
-    "max": lambda x, axes: x.max(axes),
-    "meanmax": lambda x, axes: x.mean(axes) + x.max(axes),
+_MIDDLE = lambda x: tuple(range(1, x.ndim - 1))
+POOLING = {  # name -> (ranks it applies to, (batch, ...) -> (batch, features))
+    "none": ((2,), lambda x: x),
+    "mean": ((3, 4), lambda x: x.mean(_MIDDLE(x))),
+    "max": ((3, 4), lambda x: x.max(_MIDDLE(x))),
+    "meanmax": ((4,), lambda x: x.mean((1, 2)) + x.max((1, 2))),
+    "panns": ((4,), lambda x: x.mean(2).max(1) + x.mean(2).mean(1)),
+    "time_mean": ((4,), lambda x: x.mean(1).reshape(x.shape[0], -1)),
+    "time_max": ((4,), lambda x: x.max(1).reshape(x.shape[0], -1)),
+    "cls": ((3,), lambda x: x[:, 0]),
+    "dist": ((3,), lambda x: x[:, 1]),
+    "cls_dist_mean": ((3,), lambda x: x[:, :2].mean(1)),
+    "patch_mean": ((3,), lambda x: x[:, 2:].mean(1)),
 }
+LAYOUTS = ("npy", "hear")
 
 
-def pool(x, how: str):
-  """(batch, ..., features) -> (batch, features) over every middle axis."""
-  if x.ndim == 2:
-    return x
-  return POOLING[how](x, tuple(range(1, x.ndim - 1)))
+def output_name(spec: str) -> str:
+  """The file stem of a layer spec: `name`, or `name_pooling` for `name:pooling`."""
+  layer, _, how = spec.partition(":")
+  return f"{layer}_{how}" if how else layer
+
+
+def resolve_layers(specs, default: str, shapes: dict, model_name: str) -> dict:
+  """{output name: (layer, pooling)} with every pooling checked against its layer's rank."""
+  if default not in POOLING:
+    raise unknown_name("pooling", default, POOLING)
+  out = {}
+  for spec in specs:
+    layer, _, how = spec.partition(":")
+    if layer not in shapes:
+      raise unknown_name(f"layer of {model_name}", layer, shapes)
+    rank = len(shapes[layer].shape)
+    how = how or (default if rank > 2 else "none")
+    if how not in POOLING:
+      raise unknown_name("pooling", how, POOLING)
+    if rank not in POOLING[how][0]:
+      valid = sorted(k for k, (ranks, _) in POOLING.items() if rank in ranks)
+      raise UserError(f"pooling {how!r} does not apply to layer {layer!r} of shape "
+                      f"{tuple(shapes[layer].shape)}; for rank {rank} use one of "
+                      f"{', '.join(valid)}")
+    out[output_name(spec)] = (layer, how)
+  return out
 
 
 def load_for_inference(checkpoint: Path):
-  """(model, params, batch_stats, metadata, featurize, frontend config) of a checkpoint."""
+  """(model, variables, metadata, featurize, frontend config, step dir) of a checkpoint."""
   variables, meta, step_dir = checkpointing.load_model(checkpoint)
-  model = models.get_model(meta["model"], num_classes=meta["num_classes"])
+  if meta.get("petl"):
+    # A fine-tuned checkpoint may carry added modules (adapters, LoRA, prompts): rebuild them,
+    # or its parameters would not fit the model.
+    petl = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["petl"].items()}
+    model = models.get_model(meta["model"], num_classes=meta["num_classes"],
+                             petl=petl_lib.Petl(**petl))
+  else:
+    model = models.get_model(meta["model"], num_classes=meta["num_classes"])
   fc = ml_collections.ConfigDict(meta["frontend"])
   featurize = steps.make_featurizer(fc, meta["norm"])
   return model, variables, meta, featurize, fc, step_dir
@@ -46,9 +107,10 @@ def load_for_inference(checkpoint: Path):
 
 def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, out_dir: Path,
           batch_size: int, clip_seconds: float | None = None, num_devices: int = 0,
-          progress: bool = True) -> dict:
-  if pooling not in POOLING:
-    raise unknown_name("pooling", pooling, POOLING)
+          layout: str = "npy", flush_every: int = 50, progress: bool = True) -> dict:
+  """Embeds `splits` of a prepared dataset; returns {split: metadata}."""
+  if layout not in LAYOUTS:
+    raise unknown_name("layout", layout, LAYOUTS)
   model, variables, meta, featurize, fc, step_dir = load_for_inference(checkpoint)
   dataset = PreparedDataset(dataset_dir)
   if dataset.sample_rate != fc.sample_rate:
@@ -58,24 +120,21 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
   mesh_lib.check_batch_size(batch_size, mesh, "batch_size")
   clip_seconds = clip_seconds or meta.get("clip_seconds") or dataset.manifest.get("clip_seconds")
   clip_samples = int(round(clip_seconds * dataset.sample_rate))
-  frames = frontend.num_frames(clip_samples, fc.hop_length)
+  frames = fbank.feature_frames(fc, clip_samples)  # log-mel or AST's padded fbank frames
   _, out_shapes = jax.eval_shape(
       lambda: model.apply(jax.tree.map(jnp.asarray, variables),
                           jnp.zeros((1, frames, fc.n_mels)), train=False))
-  for layer in layers:
-    if layer not in out_shapes:
-      raise unknown_name(f"layer of {meta['model']}", layer, out_shapes)
+  outputs = resolve_layers(layers, pooling, out_shapes, meta["model"])
 
   @jax.jit
   def predict(params, batch_stats, audio):
-    logits, out = model.apply({"params": params, "batch_stats": batch_stats}, featurize(audio),
-                              train=False)
-    return logits, {name: pool(out[name], pooling) for name in layers}
+    _, out = model.apply({"params": params, "batch_stats": batch_stats}, featurize(audio),
+                         train=False)
+    return {name: POOLING[how][1](out[layer]) for name, (layer, how) in outputs.items()}
 
   params = jax.device_put(variables["params"], mesh_lib.replicated(mesh))
   batch_stats = jax.device_put(variables.get("batch_stats", {}), mesh_lib.replicated(mesh))
-  task = dataset.task
-  target = "multihot" if task == "multilabel" else "class"
+  target = "multihot" if dataset.task == "multilabel" else "class"
   written = {}
   for split in splits:
     split_dir = Path(out_dir) / split
@@ -84,62 +143,118 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
       print(f"embed: {split_dir} is complete; skipped")
       continue
     n = dataset.num_records(split)
-    batches = pipeline.eval_batches(
-        dataset, split, class_map=np.arange(dataset.num_classes, dtype=np.int32),
-        num_classes=dataset.num_classes, target=target, batch_size=batch_size,
-        clip_samples=clip_samples, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    _, feats, labels, index = _stream(predict, params, batch_stats, batches, mesh, n, batch_size,
-                                      split_dir, layers, desc=f"embed {split}" if progress else None)
+    files = _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size,
+                    clip_samples, target, split_dir, flush_every, progress)
+    ids = [str(i) for i in dataset.ids(split)]
     meta_out = {
-        "checkpoint": str(step_dir), "model": meta["model"], "source": meta.get("selection"),
-        "layers": {k: list(v) for k, v in feats.items()}, "pooling": pooling,
+        "checkpoint": str(step_dir), "model": meta["model"], "num_params": meta.get("num_params"),
+        "source": meta.get("selection"), "layers": {k: list(v) for k, v in files.items()},
+        "pooling": {k: how for k, (_, how) in outputs.items()},
+        "layer_of": {k: layer for k, (layer, _) in outputs.items()},
         "frontend": meta["frontend"], "norm": meta["norm"], "clip_seconds": clip_seconds,
-        "dataset": str(dataset.path), "split": split, "num_clips": n, "task": task,
-        "classes": dataset.classes,
+        "dataset": str(dataset.path), "split": split, "num_clips": n, "task": dataset.task,
+        "classes": dataset.classes, "layout": layout,
     }
     if jax.process_index() == 0:
-      np.save(split_dir / "labels.npy", labels)
-      (split_dir / "ids.json").write_text(json.dumps([str(i) for i in dataset.ids(split)[index]]))
+      (split_dir / "ids.json").write_text(json.dumps(ids))
+      if layout == "hear":
+        _write_hear(Path(out_dir), split, list(files), ids, dataset.classes)
       (split_dir / "metadata.json").write_text(json.dumps(meta_out, indent=2) + "\n")
+      (split_dir / "progress.json").unlink(missing_ok=True)
     written[split] = meta_out
-    print(f"embed: wrote {n} clips x {', '.join(f'{k}{tuple(v)}' for k, v in feats.items())} "
+    print(f"embed: wrote {n} clips x {', '.join(f'{k}{tuple(v)}' for k, v in files.items())} "
           f"to {split_dir}")
-  config_lib.write(ml_collections.ConfigDict({"checkpoint": str(checkpoint), "dataset":
-                                              str(dataset_dir), "splits": list(splits), "layers":
-                                              list(layers), "pooling": pooling}),
-                   Path(out_dir), "embed_config.json")
+  config_lib.write(ml_collections.ConfigDict({
+      "checkpoint": str(checkpoint), "dataset": str(dataset_dir), "splits": list(splits),
+      "layers": list(layers), "pooling": pooling, "layout": layout}), Path(out_dir),
+      "embed_config.json")
   return written
 
 
-def _stream(predict, params, batch_stats, batches, mesh, n, batch_size, split_dir, layers, desc):
-  """Writes pooled layer outputs into memory-mapped .npy files as batches arrive."""
+def _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size, clip_samples,
+            target, split_dir, flush_every, progress) -> dict:
+  """Writes pooled outputs and labels into memory maps at their record index, resumably."""
   from jax.experimental import multihost_utils
   from tqdm import tqdm
   split_dir.mkdir(parents=True, exist_ok=True)
-  files, labels, indices, row = {}, [], [], 0
-  for batch in tqdm(batches, total=-(-n // batch_size), desc=desc, disable=desc is None,
+  state = _read_progress(split_dir, batch_size)
+  done = state["batches"]
+  total = pipeline.num_eval_batches(dataset, split, batch_size=batch_size)
+  if done:
+    print(f"embed: {split} resumes at batch {done} of {total}")
+  remaining = np.arange(done * batch_size, n)  # global batch b covers indices [b*B, (b+1)*B)
+  batches = [] if not remaining.size else pipeline.eval_batches(
+      dataset, split, indices=remaining, class_map=np.arange(dataset.num_classes, dtype=np.int32),
+      num_classes=dataset.num_classes, target=target, batch_size=batch_size,
+      clip_samples=clip_samples, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  main = jax.process_index() == 0
+  files = {}
+  for batch in tqdm(batches, total=total - done, desc=f"embed {split}", disable=not progress,
                     leave=False):
     g = mesh_lib.to_global(batch, mesh)
-    logits, outs = predict(params, batch_stats, g["audio"])
+    outs = predict(params, batch_stats, g["audio"])
     outs, label, mask, index = multihost_utils.process_allgather(
         (outs, g["label"], g["mask"], g["index"]), tiled=True)
     keep = np.asarray(mask) > 0
     rows = np.asarray(index)[keep]
-    for name in layers:
-      value = np.asarray(outs[name], dtype=np.float32)[keep]
-      if name not in files and jax.process_index() == 0:
-        files[name] = np.lib.format.open_memmap(split_dir / f"{name}.npy", mode="w+",
-                                                dtype=np.float32, shape=(n, value.shape[-1]))
-      if name in files:
+    arrays = {k: np.asarray(v, np.float32)[keep] for k, v in outs.items()}
+    arrays["labels"] = np.asarray(label)[keep]
+    if main:
+      for name, value in arrays.items():
+        if name not in files:
+          files[name] = _open(split_dir / f"{name}.npy", value, n)
         files[name][rows] = value  # Row i is record i, whichever process read it.
-    labels.append(np.asarray(label)[keep])
-    indices.append(rows)
-    row += len(rows)
-  shapes = {}
-  for name, f in files.items():
-    f.flush()
-    shapes[name] = f.shape
-  indices = np.concatenate(indices)
-  order = np.argsort(indices)
-  return row, shapes, np.concatenate(labels)[order], indices[order]
+    done += 1
+    if main and (done % flush_every == 0 or done == total):
+      for f in files.values():
+        f.flush()
+      _write_progress(split_dir, {"batches": done, "batch_size": batch_size, "total": total})
+  if main and not files:  # every batch was done before a kill: reopen for the shapes
+    files = {p.stem: np.load(p, mmap_mode="r") for p in split_dir.glob("*.npy")}
+  return {k: f.shape for k, f in files.items() if k != "labels"}
+
+
+def _open(path: Path, value: np.ndarray, n: int):
+  """The memory map for `path`: reopened when resuming, created (n, ...) otherwise."""
+  if path.exists():
+    f = np.load(path, mmap_mode="r+")
+    if f.shape[1:] == value.shape[1:] and f.shape[0] == n:
+      return f
+  return np.lib.format.open_memmap(path, mode="w+", dtype=value.dtype, shape=(n,) +
+                                   value.shape[1:])
+
+
+def _read_progress(split_dir: Path, batch_size: int) -> dict:
+  path = split_dir / "progress.json"
+  if not path.exists():
+    return {"batches": 0}
+  state = json.loads(path.read_text())
+  if state.get("batch_size") != batch_size:
+    raise UserError(f"{split_dir} holds a partial run with batch_size {state.get('batch_size')}; "
+                    f"resume with that batch size, or delete {split_dir} to start over")
+  return state
+
+
+def _write_progress(split_dir: Path, state: dict) -> None:
+  """Atomically (write, then rename): a kill leaves the old or the new file, never half."""
+  tmp = split_dir / "progress.json.tmp"
+  tmp.write_text(json.dumps(state))
+  os.replace(tmp, split_dir / "progress.json")
+
+
+def _write_hear(out_dir: Path, split: str, names, ids, classes) -> None:
+  labels = np.load(out_dir / split / "labels.npy", mmap_mode="r")
+  class_names = [c["name"] if isinstance(c, dict) else str(c) for c in classes]
+  stems = [i.replace("/", "__") for i in ids]
+  if labels.ndim == 1:
+    targets = {s: [class_names[int(y)]] for s, y in zip(stems, labels)}
+  else:
+    targets = {s: [class_names[j] for j in np.flatnonzero(row)] for s, row in zip(stems, labels)}
+  for name in names:
+    emb = np.load(out_dir / split / f"{name}.npy", mmap_mode="r")
+    root = out_dir / "hear" / name / split
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, row in zip(stems, emb):
+      np.save(root / f"{stem}.embedding.npy", np.asarray(row, np.float32))
+    (out_dir / "hear" / name / f"{split}.target-labels.json").write_text(json.dumps(targets))

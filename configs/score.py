@@ -5,7 +5,10 @@ r"""Transferability scores of pre-trained states on a downstream dataset.
       --config.data.dir=data/speech_commands_prepared --workdir runs/scores_sc
 
 `checkpoints`: comma-separated pre-training workdirs (or step folders); each is named by its
-folder. Scores: see `audiotl_jax.transferability.SCORES`.
+folder. `layers`: comma-separated layer names (`audiotl embed` lists pooling per family).
+Scores: `audiotl_jax.transferability.SCORES` plus `logme_heldout` (validation-aware: also embeds
+`data.val_split`). `stream`: compute from the memory-mapped embeddings in chunks of `chunk_size`.
+Rank the states against fine-tuning results with `audiotl rank`.
 """
 import ml_collections
 
@@ -13,6 +16,7 @@ import ml_collections
 def get_config(arg=None):
   del arg
   return ml_collections.ConfigDict(dict(
-      checkpoints="", data=dict(dir="", split="train", clip_seconds=0.0),
-      layer="embedding", pooling="mean", scores=("nc_score", "logme", "leep"), batch_size=64,
-      progress=True))
+      checkpoints="", data=dict(dir="", split="train", val_split="validation", clip_seconds=0.0),
+      layers="embedding", pooling="mean",
+      scores=("nc_score", "logme", "leep", "nce", "hscore", "gbc", "transrate"), batch_size=64,
+      stream=False, chunk_size=65536, progress=True))

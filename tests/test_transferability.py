@@ -243,10 +243,12 @@ def test_degenerate_leep_input_raises(probs, labels, message):
 
 
 def test_registry():
-  assert set(tr.SCORES) == {"nc_score", "logme", "leep"}
+  assert set(tr.SCORES) == {"nc_score", "logme", "leep", "nce", "hscore", "gbc", "gbc_spherical",
+                            "transrate"}
+  assert set(tr.INPUTS) == set(tr.SCORES)
   fn, higher_is_better = tr.get_score("logme")
   assert fn is tr.logme and higher_is_better
   assert tr.get_score("nc_score") == (tr.nc_score, False)
   assert tr.get_score("leep") == (tr.leep, True)
-  with pytest.raises(UserError, match="unknown score 'logm'.*leep, logme, nc_score"):
+  with pytest.raises(UserError, match="unknown score 'logm'.*leep, logme, nc_score, nce"):
     tr.get_score("logm")
