@@ -246,6 +246,20 @@ def _blend(a: jax.Array, b: jax.Array, lam: jax.Array) -> jax.Array:
   return mixed.astype(a.dtype)
 
 
+def random_gain(rng: jax.Array, waveforms: jax.Array, *, max_db: float) -> jax.Array:
+  """Scales each waveform by its own gain, uniform in [-max_db, max_db] dB.
+
+  Recordings differ in level by tens of dB; a model should not key on it. Apply to float
+  waveforms inside the train step (before the log-mel, where a gain is a per-clip offset the
+  normalisation does not undo). No clipping: the float signal may exceed full scale.
+  """
+  if max_db <= 0:
+    return waveforms
+  db = jax.random.uniform(rng, (waveforms.shape[0],), minval=-max_db, maxval=max_db)
+  gain = jnp.power(10.0, db / 20.0).astype(waveforms.dtype)
+  return waveforms * gain.reshape((-1,) + (1,) * (waveforms.ndim - 1))
+
+
 def normalize(features: jax.Array, mean, std) -> jax.Array:
   """(features - mean) / std, with statistics from `feature_stats` on a few training batches."""
   return (features - mean) / std

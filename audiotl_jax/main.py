@@ -38,8 +38,22 @@ def _parser() -> argparse.ArgumentParser:
   find.add_argument("name")
   m = sub.add_parser("models", help="every model and variant with its parameter count")
   m.add_argument("--num-classes", type=int, default=527)
+  st = sub.add_parser("stats", help="mean and std of a prepared dataset's AST fbank features")
+  st.add_argument("--data", required=True, help="a folder written by `audiotl prepare`")
+  st.add_argument("--split", default="train")
+  st.add_argument("--target-frames", type=int, default=0,
+                  help="pad/crop to this many frames first, as training will (0: as is)")
+  st.add_argument("--mel-bins", type=int, default=128)
+  st.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
   r = sub.add_parser("report", help="aggregate a study's runs into report.md and plots")
   r.add_argument("--workdir", required=True)
+  k = sub.add_parser("rank", help="how well each score ranks states against fine-tuning results")
+  k.add_argument("--scores", required=True, help="scores.json of `audiotl score` (or its folder)")
+  k.add_argument("--finetune", action="append", required=True,
+                 help="fine-tuning workdirs, glob patterns allowed (repeatable)")
+  k.add_argument("--workdir", required=True)
+  k.add_argument("--size-weight", type=float, default=0.5)
+  k.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
   b = sub.add_parser("bench", help="throughput of train steps, frontend, input pipeline, scores")
   b.add_argument("--only", default="", help="comma-separated subset of the benchmarks")
   b.add_argument("--workdir", default="runs/bench")
@@ -48,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_processes():
-  """Multi-host runs: initialise jax.distributed when the launcher says so.
+  """Multi-host runs: initialise jax.distributed when the environment says so (see
+  `mesh.initialize_distributed`: AUDIOTL_DISTRIBUTED=1, or AUDIOTL_COORDINATOR_ADDRESS,
+  AUDIOTL_NUM_PROCESSES and AUDIOTL_PROCESS_ID).
 
   Also turns on XLA's persistent compilation cache: runs of a study compile the same programs
   again and again (one fine-tuning step per state and strategy), and a cache hit turns seconds of
@@ -60,8 +76,8 @@ def _setup_processes():
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  if os.environ.get("AUDIOTL_DISTRIBUTED") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  from audiotl_jax.train import mesh  # pylint: disable=g-import-not-at-top
+  mesh.initialize_distributed()
 
 
 def main(argv=None) -> int:
@@ -92,9 +108,29 @@ def main(argv=None) -> int:
     from audiotl_jax import models
     for name, count in models.describe_models(args.num_classes):
       print(f"{name:<20} {count:>12,}")
+  elif args.command == "stats":
+    from audiotl_jax import fbank
+    stats = fbank.dataset_stats(Path(args.data), split=args.split,
+                                target_frames=args.target_frames, num_mel_bins=args.mel_bins,
+                                max_batches=args.max_batches)
+    print(f"fbank mean {stats['mean']:.7f} std {stats['std']:.7f} ({args.split}); use "
+          f"--config.frontend.fbank_mean={stats['mean']:.7f} "
+          f"--config.frontend.fbank_std={stats['std']:.7f}")
   elif args.command == "report":
     from audiotl_jax import report
     print(f"report: {report.write(Path(args.workdir))}")
+    study = Path(args.workdir)
+    if (study / "score" / "scores.json").exists():  # the ranking harness on the same study
+      from audiotl_jax import ranking
+      ranked = ranking.run(scores_path=study / "score", out_dir=study / "ranking",
+                           finetune=[str(study / "finetune" / "*")])
+      print(f"report: {ranked}")
+  elif args.command == "rank":
+    from audiotl_jax import ranking
+    path = ranking.run(scores_path=Path(args.scores), finetune=args.finetune,
+                       out_dir=Path(args.workdir), size_weight=args.size_weight,
+                       num_resamples=args.bootstrap)
+    print(f"rank: {path}")
   elif args.command == "bench":
     from audiotl_jax import bench
     bench.run(Path(args.workdir), only=[x for x in args.only.split(",") if x], quick=args.quick)
@@ -113,7 +149,8 @@ def _run_stage(command: str, config, workdir: Path) -> int:
     if not Path(config.root).exists():
       raise UserError(f"config key 'root': {config.root} does not exist")
     config_lib.write(config, workdir, "prepare_config.json")
-    listing = readers.get_reader(config.reader)(Path(config.root))
+    listing = readers.get_reader(config.reader)(Path(config.root),
+                                                **config_lib.to_dict(config.options))
     prepare.prepare(listing, workdir, sample_rate=config.sample_rate,
                     clip_seconds=config.clip_seconds, shard_size=config.shard_size,
                     num_workers=config.num_workers or os.cpu_count(), progress=config.progress)
@@ -129,15 +166,18 @@ def _run_stage(command: str, config, workdir: Path) -> int:
                     splits=list(config.data.splits), layers=list(config.layers),
                     pooling=config.pooling, out_dir=workdir, batch_size=config.batch_size,
                     clip_seconds=config.data.clip_seconds or None,
-                    num_devices=config.num_devices, progress=config.progress)
+                    num_devices=config.num_devices, layout=config.layout,
+                    flush_every=config.flush_every, progress=config.progress)
   elif command == "score":
     from audiotl_jax import scoring
     paths = [Path(p) for p in str(config.checkpoints).split(",") if p]
     scoring.score(checkpoints={p.resolve().name: p for p in paths},
-                  dataset_dir=Path(config.data.dir), split=config.data.split, layer=config.layer,
+                  dataset_dir=Path(config.data.dir), split=config.data.split,
+                  layers=[x for x in str(config.layers).split(",") if x],
                   scores=list(config.scores), out_dir=workdir, batch_size=config.batch_size,
-                  pooling=config.pooling, clip_seconds=config.data.clip_seconds or None,
-                  progress=config.progress)
+                  pooling=config.pooling, val_split=config.data.val_split,
+                  clip_seconds=config.data.clip_seconds or None, stream=config.stream,
+                  chunk_size=config.chunk_size, progress=config.progress)
   return 0
 
 

@@ -4,7 +4,8 @@ r"""Fine-tune a pre-trained checkpoint (or train from scratch) on a downstream t
       --config.init=runs/pretrain_animal --config.data.dir=data/speech_commands_prepared \
       --workdir runs/ft_animal_linear
 
-Arguments after the colon: strategy (linear, full, partial:K; see audiotl_jax/peft.py), model
+Arguments after the colon: strategy (linear, mlp, full, partial:K, bitfit, conv_adapter, lora,
+houlsby, pfeiffer, prompt, deep_prompt, prefix; see audiotl_jax/peft.py), model
 (used when training from scratch; a checkpoint brings its own), runlocal.
 `init` is a pre-training workdir, its checkpoints/ folder or one step folder; empty trains from
 scratch. The best epoch is chosen on the validation split; the test split is scored once, at the
@@ -12,6 +13,7 @@ end, into `results.json`.
 """
 import ml_collections
 
+from audiotl_jax import peft
 from audiotl_jax.config import parse_arg
 from configs import common
 
@@ -21,14 +23,22 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.init = ""
   c.strategy = arg.strategy
-  c.model = dict(name=arg.model)
+  c.model = dict(name=arg.model, dtype="float32", remat=False)  # dtype: compute (bfloat16)
+  # Options of the parameter-efficient strategies (see audiotl_jax/peft.py): reduction rates,
+  # LoRA rank and targets, adapter mode and place, prompt/prefix tokens, which LayerNorms train
+  # ("auto": as the PETL_AST code), and `petl_ast_compat` (reproduce that code's choices).
+  c.petl = dict(peft.DEFAULTS)
+  c.save_adapter = True         # also write workdir/adapter/: only the trained leaves
   c.data = dict(
       dir="", train_split="train", val_split="validation", test_split="test",
-      clip_seconds=1.0, fraction=1.0, seed=0, worker_count=0)
+      clip_seconds=1.0, fraction=1.0, seed=0, worker_count=0,
+      few_shot=0,               # > 0: k training clips per class, drawn by data.seed
+      balanced=False)           # draw clips by label rarity (for imbalanced downstream sets)
   # Features must match pre-training: by default the checkpoint's frontend settings are used and
   # only the normalisation statistics are computed afresh on the downstream training data.
   c.frontend_from_checkpoint = True
-  c.frontend = common.frontend(arg.runlocal)
+  c.frontend = common.frontend(arg.runlocal, kind="fbank" if arg.model.startswith("ast")
+                               else "logmel")
   c.augment = common.augment(specaugment=arg.strategy != "linear")
   c.batch_size = 64
   c.total_steps = 0

@@ -21,10 +21,15 @@ def get_config(arg=None):
       train_split="balanced_train", test_split="eval",
       subset=arg.subset, num_classes=0,   # 0: every class of the subset
       fraction=arg.fraction, val_fraction=0.1,
-      clip_seconds=10.0, seed=0, worker_count=0)
-  c.frontend = common.frontend(arg.runlocal)
+      clip_seconds=10.0, seed=0, worker_count=0,
+      balanced=False)           # draw clips by label rarity (PANNs' balanced sampler)
+  # AST takes the Kaldi fbank of its recipes (128 bins, 1024 frames for 10 s clips).
+  c.frontend = common.frontend(arg.runlocal, kind="fbank" if arg.model.startswith("ast")
+                               else "logmel")
+  if arg.model.startswith("ast") and not arg.runlocal:
+    c.frontend.target_frames = 1024  # AST's AudioSet recipe: 998 frames padded to 1024
   c.augment = common.augment(mixup_alpha=0.0)
-  c.model = dict(name=arg.model)
+  c.model = dict(name=arg.model, dtype="float32", remat=False)  # dtype: compute (bfloat16)
   c.batch_size = 64
   c.total_steps = 0             # > 0 wins over num_epochs
   c.num_epochs = 30.0

@@ -113,3 +113,15 @@ def test_demo_smoke(tmp_path):
   for state in ("human_sounds", "music", "scratch"):
     assert state in report
   assert (tmp_path / "demo/scores.png").exists() and (tmp_path / "demo/downstream.png").exists()
+
+
+def test_bench_quick(tmp_path, capsys):
+  """Every benchmark runs in its quick mode and lands in bench.json (figures: BENCHMARKS.md)."""
+  assert cli("bench", "--quick", "--only", "frontend,pipeline,scores", "--workdir", tmp_path) == 0
+  out = json.loads((tmp_path / "bench.json").read_text())
+  assert out["quick"] and out["machine"]["cpu_count"] >= 1
+  kinds = {row["bench"] for row in out["results"]}
+  assert {"frontend", "pipeline", "score"} <= kinds
+  assert all(row.get("clips_per_s", 1) > 0 for row in out["results"])
+  with pytest.raises(UserError, match="unknown benchmark 'nope'"):
+    cli("bench", "--only", "nope", "--workdir", tmp_path)

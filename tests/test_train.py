@@ -154,8 +154,10 @@ def test_finetune_rejects_test_split_as_validation(prepared, pretrained, tmp_pat
 
 def test_unknown_strategy_lists_known(prepared, pretrained, tmp_path):
   from audiotl_jax.train import finetune
-  with pytest.raises(UserError, match="known: full, linear, partial"):
-    finetune.train(_finetune_config(prepared, pretrained, "lora"), tmp_path)
+  with pytest.raises(UserError, match="known: bitfit, conv_adapter, deep_prompt, full"):
+    finetune.train(_finetune_config(prepared, pretrained, "frobnicate"), tmp_path)
+  with pytest.raises(UserError, match="'lora' is not supported for model family 'cnn'"):
+    finetune.train(_finetune_config(prepared, pretrained, "lora"), tmp_path / "lora")
 
 
 def test_embed_and_score(prepared, pretrained, tmp_path):

@@ -4,6 +4,7 @@ Sections: mesh, data, model and strategy, restore or start, step, evaluation, lo
 The best step is chosen on the validation split; the test split is scored once, at the end, with
 the best checkpoint, into `workdir/results.json`.
 """
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from tqdm import tqdm
 
 import audiotl_jax
 from audiotl_jax import config as config_lib
-from audiotl_jax import frontend, models, peft
-from audiotl_jax.data import pipeline, selection
+from audiotl_jax import fbank, models, peft
+from audiotl_jax.data import pipeline, sampling, selection
 from audiotl_jax.data.prepare import PreparedDataset
 from audiotl_jax.errors import UserError
 from audiotl_jax.train import checkpointing, mesh as mesh_lib, metrics as metrics_lib, steps
@@ -71,26 +72,32 @@ def train(config, workdir) -> dict:
                   process_index=jax.process_index(), process_count=jax.process_count())
     if seed is None:
       return pipeline.eval_batches(dataset, split, **common)
-    return pipeline.train_iterator(dataset, split, seed=seed,
+    weights = (sampling.balanced_weights(dataset, split, indices, sel.class_map)
+               if config.data.get("balanced", False) else None)
+    return pipeline.train_iterator(dataset, split, seed=seed, weights=weights,
                                    worker_count=config.data.worker_count, **common)
 
   data_iter = batches(config.data.train_split, sel.train, seed=config.data.seed)
 
   # ---------------------------------------------------------------- model and strategy
-  model = models.get_model(model_name, num_classes=num_outputs)
-  frames = frontend.num_frames(clip_samples, fc.hop_length)
+  model_options = steps.model_options(config.model)
+  model, strategy_ctx = peft.model_for(config.strategy, model_name, num_classes=num_outputs,
+                                       petl_config=config.get("petl"), **model_options)
+  frames = fbank.feature_frames(fc, clip_samples)
   total_steps = state_lib.resolve_steps(config, len(sel.train))
   steps_per_epoch = max(1, len(sel.train) // config.batch_size)
   eval_every = config.eval_every or steps_per_epoch
   abstract = jax.eval_shape(lambda: model.init(
       {"params": jax.random.PRNGKey(0)}, jax.numpy.zeros((1, frames, fc.n_mels)), train=False))
   strategy = peft.make_strategy(config.strategy, abstract["params"],
-                                abstract.get("batch_stats", {}), model.block_names())
+                                abstract.get("batch_stats", {}), model.block_names(),
+                                **strategy_ctx)
   tx = state_lib.make_optimizer(config.optim, total_steps, trainable=strategy.trainable)
   state, shardings = state_lib.create(model, tx, mesh, frames=frames, n_mels=fc.n_mels,
                                       seed=config.seed)
   if pretrained is not None:
-    params, fresh = peft.transplant(pretrained["params"], jax.device_get(state.params))
+    params, fresh = peft.transplant(pretrained["params"], jax.device_get(state.params),
+                                    resize=peft.resize_leaf)
     stats, _ = peft.transplant(pretrained.get("batch_stats", {}), jax.device_get(state.batch_stats))
     state, shardings = state_lib.create(model, tx, mesh, frames=frames, n_mels=fc.n_mels,
                                         seed=config.seed, params=params, batch_stats=stats)
@@ -122,6 +129,7 @@ def train(config, workdir) -> dict:
       "clip_seconds": config.data.clip_seconds, "strategy": strategy.name,
       "init": str(config.init), "source": {k: source_meta.get(k) for k in ("model", "selection")},
       "num_params": num_params, "num_trainable": num_trainable, "dataset": str(dataset.path),
+      "petl": dataclasses.asdict(model.petl) if getattr(model, "petl", None) else None,
       "config": config_lib.to_dict(config), "audiotl_version": audiotl_jax.__version__,
   }
 
@@ -185,6 +193,13 @@ def train(config, workdir) -> dict:
       "num_test": int(len(sel.test)), "val": val, "test": test,
       "seconds": time.time() - t_start,
   }
+  if is_main and pretrained is not None and config.get("save_adapter", True):
+    # The trainable leaves only, tied to the backbone they were trained on.
+    adapter_dir = checkpointing.save_adapter(
+        workdir / "adapter", {"params": state.params, "batch_stats": state.batch_stats},
+        {"params": strategy.trainable, "batch_stats": strategy.stats_trainable}, metadata,
+        {"path": str(step_dir), "fingerprint": checkpointing.fingerprint(pretrained["params"])})
+    results["adapter"] = str(adapter_dir)
   if is_main:
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     writer.write(total_steps, {f"test_{k}": v for k, v in test.items()})

@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 import audiotl_jax
 from audiotl_jax import config as config_lib
-from audiotl_jax import frontend
+from audiotl_jax import fbank, frontend
 from audiotl_jax import models
-from audiotl_jax.data import pipeline, selection
+from audiotl_jax.data import pipeline, sampling, selection
 from audiotl_jax.data.prepare import PreparedDataset
 from audiotl_jax.errors import UserError
 from audiotl_jax.train import checkpointing, mesh as mesh_lib, metrics as metrics_lib, steps
@@ -55,12 +55,17 @@ def train(config, workdir) -> dict:
   if is_main:
     print(f"pretrain: {sel.description}")
 
+  # Balanced sampling weights come from the labels of this run's own training records.
+  weights = (sampling.balanced_weights(dataset, config.data.train_split, sel.train, sel.class_map)
+             if config.data.get("balanced", False) else None)
+
   def train_iter(seed):
     return pipeline.train_iterator(
         dataset, config.data.train_split, indices=sel.train, class_map=sel.class_map,
         num_classes=sel.num_classes, target="multihot", batch_size=config.batch_size,
         clip_samples=clip_samples, seed=seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=config.data.worker_count)
+        process_count=jax.process_count(), worker_count=config.data.worker_count,
+        weights=weights)
 
   def eval_iter(split, indices):
     return pipeline.eval_batches(
@@ -71,9 +76,10 @@ def train(config, workdir) -> dict:
   data_iter = train_iter(config.data.seed)
 
   # ---------------------------------------------------------------- model and optimizer
-  model = models.get_model(config.model.name, num_classes=sel.num_classes)
+  model = models.get_model(config.model.name, num_classes=sel.num_classes,
+                           **steps.model_options(config.model))
   fc = config.frontend
-  frames = frontend.num_frames(clip_samples, fc.hop_length)
+  frames = fbank.feature_frames(fc, clip_samples)
   total_steps = resolve_steps(config, len(sel.train))
   tx = make_optimizer(config.optim, total_steps)
 

@@ -15,7 +15,7 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from audiotl_jax import frontend
+from audiotl_jax import fbank, frontend
 from audiotl_jax.errors import UserError
 from audiotl_jax.train import mesh as mesh_lib
 from audiotl_jax.train.state import TrainState
@@ -28,9 +28,18 @@ def make_featurizer(fcfg, norm: dict | None):
 
   def featurize(audio, rng=None, train=False, augment=None):
     x = frontend.pcm_to_float(audio)
-    f = frontend.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,
-                         fmin=fcfg.fmin, fmax=fcfg.fmax or None)
-    f = frontend.normalize(f, mean, std)
+    if train and augment is not None and augment.get("gain_db", 0.0) > 0:
+      # Its own key, so turning gain on leaves SpecAugment's masks as they were.
+      x = frontend.random_gain(jax.random.fold_in(rng, 1), x, max_db=augment.gain_db)
+    if fcfg.get("kind", "logmel") == "fbank":
+      # AST's Kaldi fbank: padded to the target frames, then (x - mean) / (2 * std).
+      f = fbank.ast_features(x, sample_rate=fcfg.sample_rate, num_mel_bins=fcfg.n_mels,
+                             target_frames=fcfg.get("target_frames", 0),
+                             mean=mean if norm else None, std=std)
+    else:
+      f = frontend.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,
+                           fmin=fcfg.fmin, fmax=fcfg.fmax or None)
+      f = frontend.normalize(f, mean, std)
     if train and augment is not None and augment.specaugment:
       f = frontend.spec_augment(
           rng, f, freq_masks=augment.freq_masks, freq_width=augment.freq_width,
@@ -40,8 +49,29 @@ def make_featurizer(fcfg, norm: dict | None):
   return featurize
 
 
+def model_options(mcfg) -> dict:
+  """Model constructor overrides from config block `model`: `dtype` (compute; parameters stay
+  float32) and `remat` (recompute blocks in the backward pass), only where set."""
+  out = {}
+  dtype = mcfg.get("dtype", "float32") or "float32"
+  if dtype not in ("float32", "bfloat16"):
+    raise UserError(f"config key 'model.dtype' must be float32 or bfloat16, got {dtype!r}")
+  if dtype == "bfloat16":
+    out["dtype"] = jnp.bfloat16
+  if mcfg.get("remat", False):
+    out["remat"] = True
+  return out
+
+
 def compute_norm(fcfg, batches, mesh, num_batches: int) -> dict:
-  """Mean and std of log-mel features over the first `num_batches` training batches."""
+  """Mean and std of log-mel features over the first `num_batches` training batches.
+
+  The fbank frontend normalises with fixed statistics (AudioSet's unless the config gives a
+  dataset's own, from `audiotl stats`), as AST does: nothing is computed.
+  """
+  if fcfg.get("kind", "logmel") == "fbank":
+    return {"mean": float(fcfg.get("fbank_mean", fbank.AUDIOSET_MEAN)),
+            "std": float(fcfg.get("fbank_std", fbank.AUDIOSET_STD))}
   featurize = jax.jit(make_featurizer(fcfg, None))
   stats = []
   for _, batch in zip(range(num_batches), batches):
