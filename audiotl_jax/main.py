@@ -119,12 +119,6 @@ def main(argv=None) -> int:
   elif args.command == "report":
     from audiotl_jax import report
     print(f"report: {report.write(Path(args.workdir))}")
-    study = Path(args.workdir)
-    if (study / "score" / "scores.json").exists():  # the ranking harness on the same study
-      from audiotl_jax import ranking
-      ranked = ranking.run(scores_path=study / "score", out_dir=study / "ranking",
-                           finetune=[str(study / "finetune" / "*")])
-      print(f"report: {ranked}")
   elif args.command == "rank":
     from audiotl_jax import ranking
     path = ranking.run(scores_path=Path(args.scores), finetune=args.finetune,

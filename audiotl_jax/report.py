@@ -111,6 +111,7 @@ def write(study: Path) -> Path:
     _plot_scores(study / "scores.png", rows, fine, states, strategies, score_names, metric, corr)
 
   lines += _comparisons(data, strategies, metric)
+  lines += _ranking(study)
   lines += ["## Reading it", "", _verdict(data, states, strategies, metric), ""]
   path = study / "report.md"
   path.write_text("\n".join(lines))
@@ -118,6 +119,19 @@ def write(study: Path) -> Path:
       {"finetune": {f"{s}-{k}": r for (s, k), r in fine.items()},
        "pretrain": data["pretrain"], "scores": data["scores"]}, indent=2, default=str) + "\n")
   return path
+
+
+def _ranking(study: Path) -> list[str]:
+  """The ranking harness on the same study (rank correlations with bootstrap intervals)."""
+  if not (study / "score" / "scores.json").exists():
+    return []
+  from audiotl_jax import ranking  # Local: only studies with scores need it.
+  path = ranking.run(scores_path=study / "score", out_dir=study / "ranking",
+                     finetune=[str(study / "finetune" / "*")])
+  rel = path.relative_to(study)
+  return ["## Ranking harness", "", f"Pearson, Spearman, Kendall and weighted tau, top-1 hit and "
+          f"regret per score, with 95 % bootstrap intervals over states, and a size-aware "
+          f"variant: [{rel}]({rel}).", "", f"![ranking]({rel.parent / 'ranking.png'})", ""]
 
 
 def _comparisons(data, strategies, metric) -> list[str]:

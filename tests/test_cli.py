@@ -113,6 +113,8 @@ def test_demo_smoke(tmp_path):
   for state in ("human_sounds", "music", "scratch"):
     assert state in report
   assert (tmp_path / "demo/scores.png").exists() and (tmp_path / "demo/downstream.png").exists()
+  assert "## The questions" in report and "## Ranking harness" in report
+  assert (tmp_path / "demo/ranking/ranking.png").exists()
 
 
 def test_bench_quick(tmp_path, capsys):
