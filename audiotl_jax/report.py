@@ -87,9 +87,13 @@ def write(study: Path) -> Path:
   _plot_downstream(study / "downstream.png", fine, states, strategies, metric)
 
   if data["scores"]:
-    rows = {r["source"]: r for r in data["scores"]["rows"]}
+    # One layer per table: with several scored layers, keying by state alone would silently keep
+    # the last. The first scored layer is reported; ranking/ covers every layer.
+    layer = data["scores"]["rows"][0].get("layer")
+    rows = {r["source"]: r for r in data["scores"]["rows"] if r.get("layer") == layer}
     score_names = list(data["scores"]["scores"])
-    lines += ["## Transferability scores", "", "| state | " + " | ".join(
+    lines += ["## Transferability scores", "", f"Layer `{layer}` (every scored layer is in "
+              "`ranking/`).", "", "| state | " + " | ".join(
         f"{s} ({'higher' if data['scores']['scores'][s]['higher_is_better'] else 'lower'} is "
         f"better)" for s in score_names) + " |", "|---" * (len(score_names) + 1) + "|"]
     for name in states:

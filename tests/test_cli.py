@@ -127,3 +127,25 @@ def test_bench_quick(tmp_path, capsys):
   assert all(row.get("clips_per_s", 1) > 0 for row in out["results"])
   with pytest.raises(UserError, match="unknown benchmark 'nope'"):
     cli("bench", "--only", "nope", "--workdir", tmp_path)
+
+
+def test_report_scores_table_uses_one_layer(tmp_path):
+  """Several scored layers: the report's table shows the first layer's values, not a mix."""
+  from audiotl_jax import report
+  study = tmp_path / "study"
+  rows = []
+  for i, state in enumerate(("a", "b", "c")):
+    run = study / "finetune" / f"{state}-linear"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "strategy": "linear", "metric": "accuracy", "init": str(tmp_path / state),
+        "test": {"accuracy": 0.5 + 0.1 * i}, "val": {"accuracy": 0.5}}))
+    for layer, value in (("embedding", 1.0 + i), ("block2", 100.0 + i)):
+      rows.append({"source": state, "checkpoint": str(tmp_path / state), "layer": layer,
+                   "logme": value})
+  (study / "score").mkdir()
+  (study / "score" / "scores.json").write_text(json.dumps(
+      {"scores": {"logme": {"higher_is_better": True}}, "rows": rows}))
+  text = report.write(study).read_text()
+  assert "Layer `embedding`" in text
+  assert "| a | 1.0000 |" in text and "100.0000" not in text
