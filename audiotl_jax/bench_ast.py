@@ -55,7 +55,7 @@ def peak_flops(dtype) -> tuple[float, str]:
 
 def bench_ast(workdir, quick: bool) -> list[dict]:
   from audiotl_jax import config as config_lib
-  from audiotl_jax.train import mesh as mesh_lib, state as state_lib, steps
+  from audiotl_jax.train import mesh as mesh_lib
   defaults = config_lib.load("pretrain.py:model=ast")
   mesh = mesh_lib.make_mesh()
   name, frames, batch, repeats = ("ast:tiny", 256, 2, 2) if quick else ("ast:base", 1024, 2, 3)
@@ -74,28 +74,10 @@ def bench_ast(workdir, quick: bool) -> list[dict]:
   for dtype_name, remat in variants:
     dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
     model = models.get_model(name, num_classes=527, dtype=dtype, remat=remat)
-    tx = state_lib.make_optimizer(defaults.optim, total_steps=1000)
-    state, shardings = state_lib.create(model, tx, mesh, frames=frames, n_mels=fc.n_mels, seed=0)
-    step = steps.jit_train_step(steps.make_train_step(
-        model, steps.make_featurizer(fc, {"mean": fbank.AUDIOSET_MEAN, "std": fbank.AUDIOSET_STD}),
-        tx, loss_fn=steps.bce_loss, augment=defaults.augment, num_classes=527,
-        target="multihot"), shardings, mesh)
-    g = mesh_lib.to_global(data, mesh)
-    holder = {"state": state}
-
-    def run():
-      holder["state"], m = step(holder["state"], g)
-      m["loss"].block_until_ready()
-
-    t0 = time.perf_counter()
-    run()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      run()
-      times.append(time.perf_counter() - t)
-    sec = float(np.median(times))
+    from audiotl_jax import bench  # Call time: bench imports this module at load.
+    compile_s, sec, _ = bench.time_train_step(
+        model, fc, {"mean": fbank.AUDIOSET_MEAN, "std": fbank.AUDIOSET_STD}, data, mesh, defaults,
+        frames=frames, repeats=repeats)
     flops = ast_train_flops(model, frames, fc.n_mels) * batch
     peak, source = peak_flops(dtype)
     peak *= mesh.devices.size
@@ -107,6 +89,4 @@ def bench_ast(workdir, quick: bool) -> list[dict]:
     if "peak_bytes_in_use" in stats:
       row["peak_memory_gb"] = stats["peak_bytes_in_use"] / 1e9
     rows.append(row)
-    holder.clear()  # Free this variant's state before the next one is built.
-    del state
   return rows

@@ -238,3 +238,13 @@ def load_adapter(directory: Path, variables: dict, *, backbone_params) -> tuple[
       flat[path] = arrays[key]
     out[collection] = flax.traverse_util.unflatten_dict(flat, sep="/") if flat else {}
   return out, meta
+
+
+def finished_run(workdir: Path, stage: str) -> dict | None:
+  """`finished(workdir)`, saying so once: a stage started again on a finished workdir returns
+  the results it has instead of training again."""
+  results = finished(workdir)
+  if results is not None and jax.process_index() == 0:
+    print(f"{stage}: {workdir} already holds a finished run; results in "
+          f"{workdir / 'results.json'}")
+  return results

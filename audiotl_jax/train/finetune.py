@@ -30,10 +30,8 @@ def train(config, workdir) -> dict:
   config_lib.write(config, workdir)
   is_main = jax.process_index() == 0
   t_start = time.time()
-  done = checkpointing.finished(workdir)
+  done = checkpointing.finished_run(workdir, "finetune")
   if done is not None:
-    if is_main:
-      print(f"finetune: {workdir} already holds a finished run; results in {workdir / 'results.json'}")
     return done
 
   # ---------------------------------------------------------------- mesh

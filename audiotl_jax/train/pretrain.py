@@ -37,10 +37,8 @@ def train(config, workdir) -> dict:
   is_main = jax.process_index() == 0
   t_start = time.time()
 
-  done = checkpointing.finished(workdir)
+  done = checkpointing.finished_run(workdir, "pretrain")
   if done is not None:
-    if is_main:
-      print(f"pretrain: {workdir} already holds a finished run; results in {workdir / 'results.json'}")
     return done
 
   # ---------------------------------------------------------------- mesh
