@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all bench venv clean
+.PHONY: demo test test-slow test-all test-tfds bench venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+# The TFDS reader needs tensorflow (the `tfds` extra, ~1.5 GB): its own venv, kept out of `test`.
+TFDS_VENV := .venv-tfds
+$(TFDS_VENV)/.installed: pyproject.toml
+	@test -x $(TFDS_VENV)/bin/python || $(PYTHON) -m venv $(TFDS_VENV)
+	$(TFDS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TFDS_VENV)/bin/python -m pip install --quiet -e '.[dev,tfds]'
+	@touch $@
+
+test-tfds: $(TFDS_VENV)/.installed
+	$(TFDS_VENV)/bin/python -m pytest -q tests/test_tfds.py $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/audiotl bench $(ARGS)

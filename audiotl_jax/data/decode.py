@@ -21,23 +21,27 @@ class Skip(Exception):
   """A file that cannot become a record; the message is the reason."""
 
 
-TFDS_PREFIX = "tfds:"  # item paths `tfds:{name}:{split}:{index}:{data_dir}` (readers/tfds.py)
-_tfds_sources = {}
+# Item paths `tfds:{name}:{version}:{split}:{index}:{data_dir}` (readers/tfds.py); data_dir last,
+# as it may hold ':' itself.
+TFDS_PREFIX = "tfds:"
+_tfds_sources = {}  # (name:version, split, data_dir) -> (data source, sample rate), per process
 
 
 def _tfds_example(path: str) -> tuple[np.ndarray, int]:
-  """One example of an already prepared TFDS dataset, read through `tfds.data_source`."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (optional extra)
-  name, split, index, data_dir = path[len(TFDS_PREFIX):].split(":", 3)
-  key = (name, split, data_dir)
+  """One example of an already prepared TFDS dataset, read through its TFDS data source."""
+  # Imported here: both are needed only for TFDS items (tensorflow_datasets is an optional extra).
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from audiotl_jax.data.readers import tfds as reader  # pylint: disable=g-import-not-at-top
+  name, version, split, index, data_dir = path[len(TFDS_PREFIX):].split(":", 4)
+  key = (f"{name}:{version}", split, data_dir)
   if key not in _tfds_sources:
-    builder = tfds.builder(name, data_dir=data_dir)
-    _tfds_sources[key] = (tfds.data_source(name, split=split, data_dir=data_dir, download=False),
+    builder = reader.prepared_builder(tfds, key[0], data_dir)
+    _tfds_sources[key] = (reader.random_access(builder, split, data_dir),
                           int(builder.info.features["audio"].sample_rate))
   source, sr = _tfds_sources[key]
   audio = np.asarray(source[int(index)]["audio"])
   if np.issubdtype(audio.dtype, np.integer):
-    audio = audio.astype(np.float32) / 32768.0
+    audio = audio.astype(np.float32) / 32768.0  # 16-bit PCM values (int16, or TFDS's int64)
   return audio.astype(np.float32).reshape(len(audio), -1), sr
 
 
