@@ -1,4 +1,5 @@
-"""`audiotl bench`: throughput of train steps, the frontend, the input pipeline and the scores.
+"""`audiotl bench`: throughput of train steps, the frontend, the input pipeline and the scores;
+prepare's memory at growing dataset sizes (`bench_prepare.py`); AST (`bench_ast.py`).
 
 Each benchmark warms up (compilation excluded), then times whole steps with the result fetched
 (`block_until_ready`), and reports the median of the repeats. Results are printed as a table and
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from audiotl_jax import frontend, models, transferability
-from audiotl_jax import bench_ast
+from audiotl_jax import bench_ast, bench_prepare
 from audiotl_jax.errors import unknown_name
 
 FRONTEND = dict(sample_rate=16000, n_fft=400, hop_length=160, n_mels=64, fmin=50.0, fmax=8000.0)
@@ -115,9 +116,10 @@ def bench_frontend(quick: bool) -> list[dict]:
 def _bench_records(root: Path, n: int, samples: int, sr: int) -> None:
   """`n` random int16 clips of `samples` in one ArrayRecord shard, with a prepared manifest."""
   from array_record.python.array_record_module import ArrayRecordWriter
-  from audiotl_jax.data import records
-  if (root / "manifest.json").exists():
-    return
+  from audiotl_jax.data import prepare, records
+  manifest = root / "manifest.json"
+  if manifest.exists() and json.loads(manifest.read_text()).get("format") == prepare.FORMAT:
+    return  # written by an earlier run
   root.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
   writer = ArrayRecordWriter(str(root / "train-00000.array_record"), "group_size:1")
@@ -132,13 +134,15 @@ def _bench_records(root: Path, n: int, samples: int, sr: int) -> None:
   np.savez(root / "train.labels.npz", ids=np.asarray([f"clip{i}" for i in range(n)]),
            offsets=offsets, values=np.concatenate(labels).astype(np.int32))
   counts = np.bincount(np.concatenate(labels), minlength=527).tolist()
+  for name in prepare.LOGS:
+    (root / f"{name}.jsonl").write_text("")
   (root / "manifest.json").write_text(json.dumps({
-      "format": "audiotl-arrayrecord/1", "dataset": "bench", "task": "multilabel",
+      "format": prepare.FORMAT, "dataset": "bench", "task": "multilabel",
       "sample_rate": sr, "clip_seconds": samples / sr,
       "classes": [{"index": i, "id": str(i), "name": str(i)} for i in range(527)],
       "splits": {"train": {"shards": ["train-00000.array_record"], "num_records": n,
                            "class_counts": counts, "total_seconds": n * samples / sr}},
-      "skipped": [], "problems": [], "source": {"reader": "bench"}}))
+      "logs": {name: f"{name}.jsonl" for name in prepare.LOGS}, "source": {"reader": "bench"}}))
 
 
 def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
@@ -192,6 +196,7 @@ BENCHES = {
     "train_step": lambda workdir, quick: bench_train_step(quick),
     "frontend": lambda workdir, quick: bench_frontend(quick),
     "pipeline": bench_pipeline,
+    "prepare": bench_prepare.bench_prepare,
     "scores": bench_scores,
     "ast": bench_ast.bench_ast,
 }

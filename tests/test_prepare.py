@@ -37,7 +37,8 @@ def _check_consistent(listing, out: Path, manifest: dict):
   ds = PreparedDataset(out)
   items = list(listing.items)
   n_records = sum(s["num_records"] for s in manifest["splits"].values())
-  assert n_records + len(manifest["skipped"]) == len(items)
+  assert n_records + manifest["counts"]["skipped"] == len(items)
+  assert len(list(ds.log("skipped"))) == manifest["counts"]["skipped"]
   index = {c["id"]: i for i, c in enumerate(listing.classes)}
   for split in ds.splits:
     src, labels, ids = ds.source(split), ds.labels(split), ds.ids(split)
@@ -80,6 +81,7 @@ def test_audioset(tmp_path):
   _wav(root / "audio/balanced_train/Yeeeeeeeeeee_0.000_10.000.wav")
   _wav(root / "audio/eval/fffffffffff_30000_40000.wav")  # millisecond naming
   listing = readers.get_reader("audioset")(root, {"balanced_train": "bal.csv", "eval": "ev.csv"})
+  assert len(list(listing.items)) == 4  # AudioSet items stream; a pass fills `problems`
   reasons = sorted((p["id"], p["reason"], p["dropped"]) for p in listing.problems)
   assert reasons == [("ccccccccccc_10.000_20.000", "missing file", True),
                      ("ddddddddddd_0.000_10.000", "unknown label /m/zzzzz", True),
@@ -138,7 +140,7 @@ def test_dcase2018(tmp_path):
   (root / "evaluation_setup/fold1_evaluate.csv").write_text(
       "filename\tscene_label\n" + "\n".join(evaluate) + "\n")
   listing = readers.dcase2018_task1(root)
-  assert listing.problems == [] and [c["id"] for c in listing.classes] == ["airport", "bus"]
+  assert not listing.problems and [c["id"] for c in listing.classes] == ["airport", "bus"]
   loc = {n: f"{s}-{x}" for n, s, x, _ in (r.split("\t") for r in meta)}
   by_split = {}
   for it in listing.items:
@@ -173,12 +175,12 @@ def test_csv_manifest_resampling_and_bad_files(tmp_path):
   # A file that vanished after listing is skipped by prepare too.
   listing.items.append(readers.Item("late", d / "late.wav", ("cat",), "train"))
   m = _run(listing, tmp_path / "out", shard_size=4)
-  skipped = {s["id"]: s["reason"] for s in m["skipped"]}
+  skipped = {s["id"]: s["reason"] for s in PreparedDataset(tmp_path / "out").log("skipped")}
   assert skipped.keys() == {"corrupt.wav", "empty.wav", "nan.wav", "late"}
   assert skipped["late"] == "missing file" and skipped["nan.wav"].startswith("non-finite")
   assert skipped["empty.wav"].startswith("empty")
   assert skipped["corrupt.wav"].startswith("unreadable")
-  assert {s["split"] for s in m["skipped"]} <= set(m["splits"])
+  assert {s["split"] for s in PreparedDataset(tmp_path / "out").log("skipped")} <= set(m["splits"])
   assert sum(v["num_records"] for v in m["splits"].values()) == 11
   ds = _check_consistent(listing, tmp_path / "out", m)
   audio = {}

@@ -88,8 +88,10 @@ def test_audioset_name_forms_nesting_and_coverage(tmp_path, capsys):
   assert cov["unbalanced_train"] == {SPEECH: (1, 1, 1, 0), MUSIC: (1, 0, 0, 1)}
   assert cov["eval"] == {SPEECH: (1, 1, 1, 0), MUSIC: (1, 1, 1, 0)}
   assert m["splits"]["eval"]["class_counts"][idx[MUSIC]] == 1
-  assert m["counts"] == {"rows": 8, "records": 6, "skipped": 0, "dropped": 2,
-                         "kept_with_problems": 0}
+  # Not "notes": the mp3's lossy round trip of noise may clip a sample, depending on the noise.
+  assert {k: v for k, v in m["counts"].items() if k != "notes"} == {
+      "rows": 8, "records": 6, "skipped": 0, "dropped": 2, "kept_with_problems": 0}
+  assert m["reasons"]["dropped"] == {"missing file": 2}
   printed = capsys.readouterr().out
   assert "what you have" in printed and "Speech: 1 / 2" in printed and "Music: 0 / 1" in printed
   b = _first_batch(tmp_path / "out", target="multihot", split="balanced_train")
@@ -294,19 +296,3 @@ def test_layout_fine_tunes(tmp_path, layout):
   """The fast tests stop at the pipeline (bird detection fine-tunes there); these go on to two
   fine-tuning steps each."""
   layout(tmp_path, finetune=True)
-
-
-def test_tfds_speech_commands(tmp_path):
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError:
-    with pytest.raises(UserError, match="needs the tfds extra"):
-      readers.get_reader("tfds_speech_commands")(tmp_path)
-    pytest.skip("tensorflow_datasets is not installed (the tfds extra)")
-  with pytest.raises(UserError, match="not prepared"):
-    readers.tfds_speech_commands(tmp_path)
-  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-    listing = readers.tfds_speech_commands(tmp_path)
-    assert [c["id"] for c in listing.classes][-2:] == ["_silence_", "_unknown_"]
-    m = _prepare(listing, tmp_path / "out", clip=1.0)
-  assert m["counts"]["records"] + m["counts"]["skipped"] == len(listing.items)

@@ -58,18 +58,20 @@ def test_damaged_files_and_bad_rows(tmp_path):
   # Every data row is accounted for, once.
   assert m["counts"]["rows"] == len(rows)
   assert m["counts"]["records"] + m["counts"]["skipped"] + m["counts"]["dropped"] == len(rows)
-  skipped = {s["id"].split("_")[0]: s["reason"] for s in m["skipped"]}
+  ds = PreparedDataset(tmp_path / "out")
+  skipped = {s["id"].split("_")[0]: s["reason"] for s in ds.log("skipped")}
   assert skipped == {
       ytid["corrupt"]: skipped[ytid["corrupt"]], ytid["zero_length"]: "empty (0-byte file)",
       ytid["nan"]: "non-finite samples (NaN/Inf)",
       ytid["directory"]: "a directory, not an audio file"}
   assert skipped[ytid["corrupt"]].startswith("unreadable: ")
-  dropped = sorted(p["reason"].split(" (")[0] for p in m["problems"] if p["dropped"])
+  problems = list(ds.log("problems"))
+  dropped = sorted(p["reason"].split(" (")[0] for p in problems if p["dropped"])
   assert dropped == ["broken quoting", "duplicate id", "expected 4 columns",
                      "unknown label /m/nonesuch"]
-  kept = [p for p in m["problems"] if not p["dropped"]]
+  kept = [p for p in problems if not p["dropped"]]
   assert [p["reason"] for p in kept] == ["unknown label /m/nonesuch"]
-  notes = {n["id"].split("_")[0]: n["note"] for n in m["notes"]}
+  notes = {n["id"].split("_")[0]: n["note"] for n in ds.log("notes")}
   assert notes.keys() == {ytid["truncated"], ytid["clipped"]}
   assert notes[ytid["truncated"]].startswith("truncated: the header promises 8000 bytes")
   assert notes[ytid["clipped"]].startswith("clipped: 2000 samples")

@@ -1,22 +1,54 @@
 """The accounting of a prepared dataset: every source row, and "what you have" per class.
 
-`counts`: rows = records + skipped files + dropped rows. `coverage` (AudioSet): per split and
-class, the segments the CSV lists, found on disk, and prepared. `summary` is what prepare prints.
+`Tally` counts as prepare streams: rows = records + skipped files + dropped rows, and per log
+(skipped, dropped, kept, notes) how often each kind of reason occurred; the records themselves go
+to the JSONL logs. `coverage` (AudioSet): per split and class, the segments the CSV lists, found
+on disk, and prepared. `summary` is what prepare prints.
 """
 import collections
+import dataclasses
+import json
+import re
 from pathlib import Path
 
 from audiotl_jax.data.readers.common import DatasetListing
 
 
-def counts(manifest: dict, num_items: int) -> dict:
-  """Every source row, accounted for: rows = records + skipped + dropped (listing problems)."""
-  dropped = len({(p["split"], p["id"], p["path"], p.get("row"))
-                 for p in manifest["problems"] if p["dropped"]})
-  records_ = sum(s["num_records"] for s in manifest["splits"].values())
-  return {"rows": num_items + dropped, "records": records_, "skipped": len(manifest["skipped"]),
-          "dropped": dropped, "kept_with_problems": sum(
-              not p["dropped"] for p in manifest["problems"])}
+def reason_kind(reason: str) -> str:
+  """A reason without its particulars ("unreadable: <libsndfile message>" -> "unreadable"), so
+  reasons can be counted: cut at the first ': ', ' (' or ', got '."""
+  return re.split(r": | \(|, got ", reason, maxsplit=1)[0]
+
+
+@dataclasses.dataclass
+class Tally:
+  items: int = 0  # listed items (rows that reached prepare)
+  reasons: dict = dataclasses.field(default_factory=lambda: {
+      k: collections.Counter() for k in ("skipped", "dropped", "kept", "notes")})
+  _dropped_rows: int = 0
+  _last_dropped: tuple | None = None
+
+  def log(self, logs: dict, name: str, record: dict, reason: str) -> None:
+    logs[name].write(json.dumps(record) + "\n")
+    self.reasons[name][reason_kind(reason)] += 1
+
+  def problem(self, logs: dict, p: dict) -> None:
+    """A listing problem. A row may have several (two unknown labels); readers report them one
+    after the other, so comparing with the previous one counts each dropped row once."""
+    logs["problems"].write(json.dumps(p) + "\n")
+    self.reasons["dropped" if p["dropped"] else "kept"][reason_kind(p["reason"])] += 1
+    if p["dropped"]:
+      key = (p["split"], p["id"], p["path"], p.get("row"))
+      self._dropped_rows += key != self._last_dropped
+      self._last_dropped = key
+
+  def counts(self, manifest: dict) -> dict:
+    """Every source row, accounted for: rows = records + skipped + dropped (listing problems)."""
+    n = {k: sum(v.values()) for k, v in self.reasons.items()}
+    return {"rows": self.items + self._dropped_rows,
+            "records": sum(s["num_records"] for s in manifest["splits"].values()),
+            "skipped": n["skipped"], "dropped": self._dropped_rows,
+            "kept_with_problems": n["kept"], "notes": n["notes"]}
 
 
 def coverage(listing: DatasetListing, manifest: dict) -> dict:
@@ -46,24 +78,27 @@ def _format_coverage(coverage: dict, top: int = 5) -> list[str]:
   return lines
 
 
+def _reasons(counter: dict, top: int = 10) -> str:
+  return "".join(f"\n    {n} x {r}" for r, n in
+                 sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+
+
 def summary(manifest: dict, out_dir: Path) -> str:
   lines = [f"prepared {manifest['dataset']!r} in {out_dir}:"]
   for split, s in manifest["splits"].items():
     lines.append(f"  {split}: {s['num_records']} records, {s['total_seconds'] / 3600:.2f} h, "
                  f"{len(s['shards'])} shards")
-  reasons = collections.Counter(s["reason"].split(":")[0] for s in manifest["skipped"])
-  lines.append(f"  skipped {len(manifest['skipped'])} files" +
-               "".join(f"\n    {n} x {r}" for r, n in reasons.most_common()))
-  if manifest["notes"]:
-    lines.append(f"  kept with notes: {len(manifest['notes'])} files (e.g. "
-                 f"{manifest['notes'][0]['id']}: {manifest['notes'][0]['note']})")
-  c = manifest["counts"]
+  c, reasons = manifest["counts"], manifest["reasons"]
+  lines.append(f"  skipped {c['skipped']} files (skipped.jsonl)" + _reasons(reasons["skipped"]))
+  if c["notes"]:
+    lines.append(f"  kept with notes: {c['notes']} files (notes.jsonl)" + _reasons(reasons["notes"]))
   lines.append(f"  rows {c['rows']} = {c['records']} records + {c['skipped']} skipped + "
                f"{c['dropped']} dropped from the listing")
   if "coverage" in manifest:
     lines += _format_coverage(manifest["coverage"])
-  if manifest["problems"]:
-    reasons = collections.Counter(p["reason"] for p in manifest["problems"])
-    lines.append(f"  listing problems: {len(manifest['problems'])}" +
-                 "".join(f"\n    {n} x {r}" for r, n in reasons.most_common(10)))
+  if c["dropped"] or c["kept_with_problems"]:
+    lines.append(f"  listing problems (problems.jsonl): {c['dropped']} rows dropped"
+                 + _reasons(reasons["dropped"]))
+    if c["kept_with_problems"]:
+      lines.append(f"  kept with problems: {c['kept_with_problems']}" + _reasons(reasons["kept"]))
   return "\n".join(lines)

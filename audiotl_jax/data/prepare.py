@@ -4,19 +4,28 @@ Layout of a prepared directory:
   <split>-<k:05d>.array_record  records (see `records.py`), items of the split in listing order
   <split>-<k:05d>.json          sidecar: ids, label indices, samples and skips of that shard
   <split>.labels.npz            ids, offsets (n+1), values: labels of every record of the split
+  skipped.jsonl                 files that could not be decoded, one per line, with the reason
+  problems.jsonl                the listing's problems (rows dropped or kept; see readers/common)
+  notes.jsonl                   files kept despite damage (truncated, clipped)
   manifest.json                 written last; see `prepare`
 
 The work unit is a shard. A shard is committed by renaming its sidecar into place after its
 records, so a sidecar means a complete shard, and a re-run skips it (resume) unless the shard's
 items or the audio settings changed (the sidecar carries a fingerprint of both).
+
+Everything streams: items are cut into shards as the listing yields them, at most two shards per
+worker are in flight, and the per-split outputs are assembled from the sidecars on disk. Memory
+does not grow with the number of clips (`audiotl bench --only prepare` measures it).
 """
 import collections
+import concurrent.futures
 import datetime
 import hashlib
 import json
 import multiprocessing
 import os
 import re
+import zipfile
 from pathlib import Path
 
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -26,10 +35,15 @@ import tqdm
 import audiotl_jax
 from audiotl_jax.data import inventory, records
 from audiotl_jax.data.decode import Skip, load_clip
+from audiotl_jax.data.diskindex import DiskIndex
 from audiotl_jax.data.readers.common import DatasetListing
 from audiotl_jax.errors import UserError
 
-FORMAT = "audiotl-arrayrecord/1"
+# /2: the skipped files, problems and notes moved from the manifest into JSONL files.
+FORMAT = "audiotl-arrayrecord/2"
+LOGS = ("skipped", "problems", "notes")
+
+
 def _atomic_write(path: Path, write) -> None:
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "wb") as f:
@@ -74,109 +88,200 @@ def _read_sidecar(path: Path) -> dict | None:
     return None  # absent or torn: the shard is (re)done
 
 
+def _shard_tasks(listing: DatasetListing, out_dir: Path, shard_size: int, settings: list,
+                 shards: dict, tally: inventory.Tally):
+  """The listing's items, checked, cut into shard tasks per split in listing order, as they come.
+
+  Fills `shards` (split -> its stems, in order of the split's first item) and counts the items.
+  """
+  class_index = {c["id"]: i for i, c in enumerate(listing.classes)}
+  buffers = {}
+
+  def task(split, k, items):
+    fingerprint = hashlib.sha1(json.dumps([*settings, items]).encode()).hexdigest()
+    stem = f"{split}-{k:05d}"
+    shards[split].append(stem)
+    return {"out_dir": str(out_dir), "stem": stem, "split": split, "items": items,
+            "fingerprint": fingerprint, "sample_rate": settings[0], "clip_seconds": settings[1]}
+
+  with DiskIndex() as seen:
+    for item in listing.items:
+      unknown = [label for label in item.labels if label not in class_index]
+      if unknown:
+        raise UserError(f"dataset {listing.name!r}, item {item.id!r}: labels {unknown} are not "
+                        "among the listing's classes")
+      if not re.fullmatch(r"[\w.-]+", item.split):
+        raise UserError(f"dataset {listing.name!r}, item {item.id!r}: split {item.split!r} must "
+                        "be letters, digits, '_', '-' or '.' (it names files)")
+      if not seen.add(f"{item.split}/{item.id}"):
+        raise UserError(f"dataset {listing.name!r}: id {item.id!r} occurs twice in split "
+                        f"{item.split!r}")
+      tally.items += 1
+      shards.setdefault(item.split, [])
+      buf = buffers.setdefault(item.split, [])
+      buf.append((item.id, str(item.path), [class_index[label] for label in item.labels],
+                  float(item.start), item.duration))
+      if len(buf) == shard_size:
+        yield task(item.split, len(shards[item.split]), buf)
+        buffers[item.split] = []
+  for split, buf in buffers.items():
+    if buf:
+      yield task(split, len(shards[split]), buf)
+
+
+def _is_done(out_dir: Path, task: dict) -> int | None:
+  """The number of items of a shard already committed by an earlier run, else None."""
+  side = _read_sidecar(out_dir / f"{task['stem']}.json")
+  if (side is not None and side.get("fingerprint") == task["fingerprint"]
+      and (out_dir / f"{task['stem']}.array_record").is_file()):
+    return len(side["ids"]) + len(side["skipped"])
+  return None
+
+
+def _run_shards(tasks, out_dir: Path, num_workers: int, bar) -> None:
+  """Writes every shard not already done; in worker processes once there are two to do."""
+  pool, pending, first = None, set(), None
+
+  def drain(until: int):
+    nonlocal pending
+    while len(pending) > until:
+      finished, pending = concurrent.futures.wait(
+          pending, return_when=concurrent.futures.FIRST_COMPLETED)
+      for f in finished:
+        side = f.result()
+        bar.update(len(side["ids"]) + len(side["skipped"]))
+
+  try:
+    for t in tasks:
+      n = _is_done(out_dir, t)
+      if n is not None:
+        bar.update(n)
+      elif num_workers <= 1:
+        _write_shard(t)
+        bar.update(len(t["items"]))
+      elif first is None and pool is None:
+        first = t  # a single shard to do is not worth starting workers for
+      else:
+        if pool is None:
+          # spawn, not fork: the parent may have started jax (threads), which fork would corrupt.
+          pool = concurrent.futures.ProcessPoolExecutor(
+              num_workers, mp_context=multiprocessing.get_context("spawn"))
+          pending.add(pool.submit(_write_shard, first))
+        pending.add(pool.submit(_write_shard, t))
+        drain(2 * num_workers)  # bounded: the listing is read only as fast as shards are written
+    if first is not None and pool is None:
+      _write_shard(first)
+      bar.update(len(first["items"]))
+    drain(0)
+  finally:
+    if pool is not None:
+      pool.shutdown(cancel_futures=True)
+
+
+def _npy_member(zf: zipfile.ZipFile, name: str, dtype, n: int, chunks) -> None:
+  """One `name.npy` array of `n` elements in an .npz, written chunk by chunk (np.savez would need
+  the whole array in memory)."""
+  dtype = np.dtype(dtype)
+  with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
+    for chunk in chunks:
+      f.write(np.ascontiguousarray(chunk, dtype).tobytes())
+
+
+def _assemble_split(out_dir: Path, split: str, stems: list[str], num_classes: int,
+                    sample_rate: int, logs: dict, tally: inventory.Tally) -> dict:
+  """The split's manifest entry and `<split>.labels.npz`, from its sidecars, one at a time."""
+  counts = np.zeros(num_classes, np.int64)
+  n = n_values = samples = 0
+  id_len = 1
+  for stem in stems:
+    side = _read_sidecar(out_dir / f"{stem}.json")
+    n += len(side["ids"])
+    n_values += sum(len(ls) for ls in side["labels"])
+    samples += sum(side["num_samples"])
+    id_len = max([id_len] + [len(i) for i in side["ids"]])
+    for ls in side["labels"]:
+      counts[np.unique(np.asarray(ls, np.int64))] += 1
+    for s in side["skipped"]:
+      tally.log(logs, "skipped", s, s["reason"])
+    for note in side["notes"]:
+      tally.log(logs, "notes", note, note["note"])
+
+  def column(key, f):
+    for stem in stems:
+      yield f(_read_sidecar(out_dir / f"{stem}.json")[key])
+
+  def offsets():
+    end = 0
+    yield [0]
+    for lens in column("labels", lambda ls: [len(x) for x in ls]):
+      yield end + np.cumsum(lens, dtype=np.int64)
+      end += sum(lens)
+
+  def write(f):
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+      _npy_member(zf, "ids", f"<U{id_len}", n, column("ids", lambda x: x))
+      _npy_member(zf, "offsets", np.int64, n + 1, offsets())
+      _npy_member(zf, "values", np.int32, n_values,
+                  column("labels", lambda ls: [v for x in ls for v in x]))
+
+  _atomic_write(out_dir / f"{split}.labels.npz", write)
+  return {"shards": [f"{stem}.array_record" for stem in stems], "num_records": n,
+          "class_counts": counts.tolist(), "total_seconds": samples / sample_rate}
+
+
 def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
             clip_seconds: float | None = None, shard_size: int = 1024,
             num_workers: int | None = None, progress: bool = True) -> dict:
   """Decodes every item of `listing` into ArrayRecord shards in `out_dir`; returns the manifest.
 
-  Item metadata is held (ids, paths, labels); audio is streamed, one clip per worker at a time.
   `clip_seconds=None` keeps full lengths; otherwise clips are cropped from the start or zero-padded
   at the end. `num_workers` processes (default: all cores; <= 1 runs in this process) each write
   whole shards. Files that cannot be decoded are skipped with their reason, never fatal. Workers
   are spawned (they re-import the calling script), so a script calling this needs the usual
   `if __name__ == "__main__":` guard.
 
-  The manifest accounts for every source row (`inventory.py`): `skipped` (files, with reasons),
-  `problems` (the listing's), `notes` (files kept despite damage: truncated, clipped), `counts`
-  (rows = records + skipped + dropped) and, for AudioSet, `coverage` (per class: listed, found,
-  prepared, missing).
+  Every source row is accounted for (`inventory.py`): the manifest's `counts` (rows = records +
+  skipped + dropped) and `reasons` (per kind) summarise `skipped.jsonl` (files, with reasons),
+  `problems.jsonl` (the listing's) and `notes.jsonl` (files kept despite damage). For AudioSet it
+  also has `coverage` (per class: listed, found, prepared, missing).
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   # Shards may change below; until the new manifest is written the directory must not open.
   (out_dir / "manifest.json").unlink(missing_ok=True)
-  class_index = {c["id"]: i for i, c in enumerate(listing.classes)}
-  by_split = collections.defaultdict(list)  # insertion order = first appearance in the listing
-  seen = set()
-  for item in listing.items:
-    unknown = [label for label in item.labels if label not in class_index]
-    if unknown:
-      raise UserError(f"dataset {listing.name!r}, item {item.id!r}: labels {unknown} are not "
-                      "among the listing's classes")
-    if not re.fullmatch(r"[\w.-]+", item.split):
-      raise UserError(f"dataset {listing.name!r}, item {item.id!r}: split {item.split!r} must be "
-                      "letters, digits, '_', '-' or '.' (it names files)")
-    if (item.split, item.id) in seen:
-      raise UserError(f"dataset {listing.name!r}: id {item.id!r} occurs twice in split "
-                      f"{item.split!r}")
-    seen.add((item.split, item.id))
-    by_split[item.split].append((item.id, str(item.path),
-                                 [class_index[label] for label in item.labels],
-                                 float(item.start), item.duration))
-
-  tasks, done = [], {}
-  for split, items in by_split.items():
-    for k, start in enumerate(range(0, len(items), shard_size)):
-      chunk = items[start:start + shard_size]
-      fingerprint = hashlib.sha1(
-          json.dumps([sample_rate, clip_seconds, chunk]).encode()).hexdigest()
-      stem = f"{split}-{k:05d}"
-      tasks.append({"out_dir": str(out_dir), "stem": stem, "split": split, "items": chunk,
-                    "fingerprint": fingerprint, "sample_rate": sample_rate,
-                    "clip_seconds": clip_seconds})
-      side = _read_sidecar(out_dir / f"{stem}.json")
-      if (side is not None and side.get("fingerprint") == fingerprint
-          and (out_dir / f"{stem}.array_record").is_file()):
-        done[stem] = side
-  todo = [t for t in tasks if t["stem"] not in done]
-
   num_workers = os.cpu_count() if num_workers is None else num_workers
-  total = sum(len(t["items"]) for t in tasks)
+  tally, shards = inventory.Tally(), {}
+  tasks = _shard_tasks(listing, out_dir, shard_size, [sample_rate, clip_seconds], shards, tally)
+  total = len(listing.items) if isinstance(listing.items, list) else None
   with tqdm.tqdm(total=total, unit="clip", desc=f"prepare {listing.name}",
                  disable=not progress) as bar:
-    bar.update(total - sum(len(t["items"]) for t in todo))
-    if num_workers <= 1 or len(todo) <= 1:
-      for t in todo:
-        done[t["stem"]] = _write_shard(t)
-        bar.update(len(t["items"]))
-    else:
-      # spawn, not fork: the parent may have started jax (threads), which fork would corrupt.
-      ctx = multiprocessing.get_context("spawn")
-      with ctx.Pool(min(num_workers, len(todo))) as pool:
-        for side in pool.imap_unordered(_write_shard, todo):
-          done[side["stem"]] = side
-          bar.update(len(side["ids"]) + len(side["skipped"]))
+    _run_shards(tasks, out_dir, num_workers, bar)
 
   manifest = {
       "format": FORMAT, "dataset": listing.name, "task": listing.task,
       "sample_rate": sample_rate, "clip_seconds": clip_seconds,
       "classes": [{"index": i, "id": c["id"], "name": c["name"]}
                   for i, c in enumerate(listing.classes)],
-      "splits": {}, "skipped": [], "notes": [], "problems": list(listing.problems),
+      "splits": {}, "logs": {name: f"{name}.jsonl" for name in LOGS},
       "source": dict(listing.source) or {"reader": listing.name},
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "audiotl_version": audiotl_jax.__version__,
   }
-  for split in by_split:
-    sides = [done[t["stem"]] for t in tasks if t["split"] == split]
-    counts = np.zeros(len(listing.classes), np.int64)
-    ids, labels, samples = [], [], 0
-    for side in sides:
-      ids += side["ids"]
-      labels += side["labels"]
-      samples += sum(side["num_samples"])
-      manifest["skipped"] += side["skipped"]
-      manifest["notes"] += side.get("notes", [])
-    for ls in labels:
-      counts[np.unique(np.asarray(ls, np.int64))] += 1
-    offsets = np.cumsum([0] + [len(ls) for ls in labels], dtype=np.int64)
-    values = np.asarray([x for ls in labels for x in ls], np.int32)
-    _atomic_write(out_dir / f"{split}.labels.npz", lambda f: np.savez(
-        f, ids=np.asarray(ids, dtype=str), offsets=offsets, values=values))
-    manifest["splits"][split] = {
-        "shards": [f"{s['stem']}.array_record" for s in sides], "num_records": len(ids),
-        "class_counts": counts.tolist(), "total_seconds": samples / sample_rate}
-  manifest["counts"] = inventory.counts(manifest, len(seen))
+  logs = {name: open(out_dir / f"{name}.jsonl.tmp", "w", encoding="utf-8") for name in LOGS}
+  try:
+    for split, stems in shards.items():
+      manifest["splits"][split] = _assemble_split(out_dir, split, stems, len(listing.classes),
+                                                  sample_rate, logs, tally)
+    for p in listing.problems:
+      tally.problem(logs, p)
+  finally:
+    for f in logs.values():
+      f.close()
+  for name in LOGS:
+    os.replace(out_dir / f"{name}.jsonl.tmp", out_dir / f"{name}.jsonl")
+  manifest["counts"], manifest["reasons"] = tally.counts(manifest), tally.reasons
   if listing.coverage:
     manifest["coverage"] = inventory.coverage(listing, manifest)
   _write_json(out_dir / "manifest.json", manifest)
@@ -200,6 +305,9 @@ class PreparedDataset:
     except json.JSONDecodeError as e:
       raise UserError(f"{manifest_path}: not valid JSON ({e})") from None
     found = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+    if found == "audiotl-arrayrecord/1":
+      raise UserError(f"{manifest_path}: prepared by an older audiotl (format {found!r}); run "
+                      "prepare again into the same directory (its finished shards are kept)")
     if found != FORMAT:
       raise UserError(f"{manifest_path}: expected format {FORMAT!r}, got {found!r}")
     self._labels = {}
@@ -237,6 +345,14 @@ class PreparedDataset:
 
   def ids(self, split: str) -> np.ndarray:
     return self._labels_npz(split)["ids"]
+
+  def log(self, name: str):
+    """The records of one of the JSONL logs (`LOGS`: skipped, problems, notes), one at a time."""
+    if name not in LOGS:
+      raise UserError(f"prepared dataset {self.path}: no log {name!r}; logs: {', '.join(LOGS)}")
+    with open(self.path / self.manifest["logs"][name], encoding="utf-8") as f:
+      for line in f:
+        yield json.loads(line)
 
   def source(self, split: str):
     """Random access to the records of `split`: record i is entry i of `labels(split)`."""

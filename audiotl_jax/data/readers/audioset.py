@@ -14,10 +14,9 @@ import csv
 import re
 from pathlib import Path
 
-import numpy as np
-
-from audiotl_jax.data.readers.common import (DatasetListing, Item, audio_files, problem,
-                                             require_dir, require_file)
+from audiotl_jax.data.diskindex import DiskIndex
+from audiotl_jax.data.readers.common import (DatasetListing, Item, ProblemLog, Streamed,
+                                             audio_files, problem, require_dir, require_file)
 from audiotl_jax.ontology import Ontology
 
 OFFICIAL = {"balanced_train": "balanced_train_segments.csv",
@@ -57,21 +56,31 @@ def parse_segment_line(line: str) -> tuple[tuple | None, str | None]:
   return (ytid, start, end, labels), None
 
 
-def file_index(folders: list[Path]) -> dict:
-  """(ytid, start in ms) -> path, and (ytid, None) -> path for files named by the id alone."""
-  index = {}
-  for path in (p for folder in folders for p in audio_files(folder)):
-    stem = path.name.rpartition(".")[0]
-    m = _SEGMENT_NAME.match(stem)
-    if m:
-      start = m["start"]
-      index.setdefault((m["ytid"], round(float(start) * 1000)), path)
-      if "." not in start:
-        # Integer times may be milliseconds (`{ytid}_{start_ms}_{end_ms}`); segment starts are whole
-        # seconds in practice, so the two readings never collide.
-        index.setdefault((m["ytid"], int(start)), path)
-    elif len(stem) == 11 or (len(stem) == 12 and stem[0] == "Y"):
-      index.setdefault((stem[-11:], None), path)
+def _key(ytid: str, start_ms: int | None) -> str:
+  return f"{ytid}/{'' if start_ms is None else start_ms}"
+
+
+def file_index(folders: list[Path]) -> DiskIndex:
+  """An on-disk index of the clips under `folders`: `_key(ytid, start in ms)` -> path, and
+  `_key(ytid, None)` -> path for files named by the id alone. Where names collide (a clip both as
+  .wav and .flac) the smallest path wins, so the choice does not depend on directory order."""
+
+  def entries():
+    for path in (p for folder in folders for p in audio_files(folder, ordered=False)):
+      stem = path.name.rpartition(".")[0]
+      m = _SEGMENT_NAME.match(stem)
+      if m:
+        start = m["start"]
+        yield _key(m["ytid"], round(float(start) * 1000)), str(path)
+        if "." not in start:
+          # Integer times may be milliseconds (`{ytid}_{start_ms}_{end_ms}`); segment starts are
+          # whole seconds in practice, so the two readings never collide.
+          yield _key(m["ytid"], int(start)), str(path)
+      elif len(stem) == 11 or (len(stem) == 12 and stem[0] == "Y"):
+        yield _key(stem[-11:], None), str(path)
+
+  index = DiskIndex()
+  index.add_many(entries(), keep="smallest")
   return index
 
 
@@ -81,51 +90,62 @@ def audioset(root, splits: dict | None = None) -> DatasetListing:
   `splits` maps a split name to its segments CSV (relative to `root`, or absolute). The default is
   every official list found in `root` (`OFFICIAL`; balanced and eval at least). The listing's
   `coverage` holds, per split and class, the segments the CSV lists and those found on disk.
+
+  The items are `Streamed`: each pass re-reads the CSVs and indexes the split folders on disk
+  (SQLite), and the problems go to a `ProblemLog`, so listing the 2M-row unbalanced list holds
+  nothing per row in memory.
   """
   root = require_dir(Path(root), "AudioSet root")
   if not splits:
     splits = {s: n for s, n in OFFICIAL.items() if s != "unbalanced_train" or (root / n).is_file()}
+  csv_paths = {split: require_file(root / csv_name, f"AudioSet segments list for split {split!r}")
+               for split, csv_name in splits.items()}
   onto = Ontology.load()
   index_of = {mid: i for i, mid in enumerate(onto.classes)}
   classes = [{"id": mid, "name": name} for mid, name in zip(onto.classes, onto.class_names)]
-  items, problems, coverage = [], [], {}
-  for split, csv_name in splits.items():
-    csv_path = require_file(root / csv_name, f"AudioSet segments list for split {split!r}")
-    folders = [f for f in (root / "audio" / split, root / split) if f.is_dir()]
-    files = file_index(folders)
-    listed, found = np.zeros(len(classes), np.int64), np.zeros(len(classes), np.int64)
-    seen = set()
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-      for line_no, line in enumerate(f, 1):
-        seg, reason = parse_segment_line(line)
-        if reason is not None:
-          problems.append(problem(split, None, csv_path, reason, row=line_no))
-        if seg is None:
-          continue
-        ytid, start, end, mids = seg
-        seg_id = f"{ytid}_{start:.3f}_{end:.3f}"
-        if seg_id in seen:
-          problems.append(problem(split, seg_id, csv_path, "duplicate id", row=line_no))
-          continue
-        seen.add(seg_id)
-        labels = tuple(mid for mid in mids if mid in index_of)
-        for mid in mids:
-          if mid not in index_of:
-            problems.append(problem(split, seg_id, csv_path, f"unknown label {mid}",
-                                    dropped=not labels, row=line_no))
-        if not labels:
-          continue
-        hit = [index_of[m] for m in labels]
-        listed[hit] += 1
-        path = files.get((ytid, round(start * 1000))) or files.get((ytid, None))
-        if path is None:
-          where = folders[0] if folders else root / "audio" / split
-          problems.append(problem(split, seg_id, where / f"Y{seg_id}.wav", "missing file",
-                                  row=line_no))
-        else:
-          found[hit] += 1
-          items.append(Item(seg_id, path, labels, split))
-    coverage[split] = {"listed": listed.tolist(), "found": found.tolist()}
-  return DatasetListing("audioset", "multilabel", classes, items, problems,
-                        {"reader": "audioset", "root": str(root), "splits": dict(splits)},
-                        coverage)
+  listing = DatasetListing("audioset", "multilabel", classes, [], ProblemLog(),
+                           {"reader": "audioset", "root": str(root), "splits": dict(splits)})
+
+  def one_pass():
+    listing.problems, coverage = ProblemLog(), {}
+    for split, csv_path in csv_paths.items():
+      folders = [f for f in (root / "audio" / split, root / split) if f.is_dir()]
+      where = folders[0] if folders else root / "audio" / split  # where a missing file belongs
+      # Plain lists: a numpy scatter-add costs more than the whole row at 2M rows.
+      listed, found = [0] * len(classes), [0] * len(classes)
+      with file_index(folders) as files, DiskIndex() as seen, \
+          open(csv_path, newline="", encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+          seg, reason = parse_segment_line(line)
+          if reason is not None:
+            listing.problems.append(problem(split, None, csv_path, reason, row=line_no))
+          if seg is None:
+            continue
+          ytid, start, end, mids = seg
+          seg_id = f"{ytid}_{start:.3f}_{end:.3f}"
+          if not seen.add(seg_id):
+            listing.problems.append(problem(split, seg_id, csv_path, "duplicate id", row=line_no))
+            continue
+          labels = tuple(mid for mid in mids if mid in index_of)
+          for mid in mids:
+            if mid not in index_of:
+              listing.problems.append(problem(split, seg_id, csv_path, f"unknown label {mid}",
+                                              dropped=not labels, row=line_no))
+          if not labels:
+            continue
+          hit = [index_of[m] for m in labels]
+          for i in hit:
+            listed[i] += 1
+          path = files.get(_key(ytid, round(start * 1000))) or files.get(_key(ytid, None))
+          if path is None:
+            listing.problems.append(problem(split, seg_id, f"{where}/Y{seg_id}.wav",
+                                            "missing file", row=line_no))
+          else:
+            for i in hit:
+              found[i] += 1
+            yield Item(seg_id, Path(path), labels, split)
+      coverage[split] = {"listed": listed, "found": found}
+    listing.coverage = coverage
+
+  listing.items = Streamed(one_pass)
+  return listing

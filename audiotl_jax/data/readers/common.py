@@ -5,14 +5,21 @@ unknown label, a missing file, a duplicate id) go to `DatasetListing.problems` w
 prepared dataset accounts for every row of its source. Each problem is a dict with `split`, `id`,
 `path` (the file or the list it came from), `row` (the line number in that list, header = line 1)
 where there is one, a `reason`, and `dropped` (True when the row was left out; False when it was
-kept with what was usable, e.g. a segment that lost one of its labels).
+kept with what was usable, e.g. a segment that lost one of its labels). A reader reports the
+problems of one row together, one after the other (prepare counts dropped rows that way).
+
+Most readers return lists: their datasets are at most ~100k rows. A reader for a source that can
+be millions of rows (AudioSet) returns `Streamed` items and a `ProblemLog`, so nothing it lists is
+held in memory; `prepare` streams both.
 """
 import collections
 import csv
 import dataclasses
+import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -42,12 +49,53 @@ class DatasetListing:
   name: str
   task: str  # "multilabel" | "multiclass" | "binary"
   classes: list[dict]  # [{"id": ..., "name": ...}] in index order
-  items: Iterable[Item]
-  problems: list[dict] = dataclasses.field(default_factory=list)
+  items: Iterable[Item]  # a list, or `Streamed` (listed afresh on each pass)
+  problems: "list[dict] | ProblemLog" = dataclasses.field(default_factory=list)
   source: dict = dataclasses.field(default_factory=dict)  # reader and arguments, for the manifest
   # Per split, what the source lists against what was found, per class: {split: {"listed": [..],
   # "found": [..]}} with one count per class (AudioSet's "what you have"); prepare adds "prepared".
   coverage: dict = dataclasses.field(default_factory=dict)
+
+
+class Streamed:
+  """Items listed afresh on every pass over them, so a 2M-row source is never held in memory.
+
+  `passes` is a generator function; each call starts a new pass. A streaming reader rebuilds its
+  listing's `problems` and `coverage` during each pass: they are complete once a pass has ended.
+  """
+
+  def __init__(self, passes: Callable[[], Iterator[Item]]):
+    self._passes = passes
+
+  def __iter__(self) -> Iterator[Item]:
+    return self._passes()
+
+
+class ProblemLog:
+  """A listing's problems, written to a temporary JSONL file as they come (a partial AudioSet
+  download has a "missing file" per absent segment: up to ~2M of them). Appending and iterating
+  work like a list's; iterate only between appends."""
+
+  def __init__(self):
+    self._file = tempfile.TemporaryFile("w+", encoding="utf-8")
+    self._n = 0
+
+  def append(self, p: dict) -> None:
+    self._file.write(json.dumps(p) + "\n")
+    self._n += 1
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __iter__(self) -> Iterator[dict]:
+    self._file.flush()
+    end = self._file.tell()
+    self._file.seek(0)
+    try:
+      for _ in range(self._n):
+        yield json.loads(self._file.readline())
+    finally:
+      self._file.seek(end)
 
 
 def problem(split, id, path, reason, *, dropped=True, row=None) -> dict:
@@ -96,18 +144,34 @@ def _audio_name(name: str) -> bool:
   return name.rpartition(".")[2].lower() in AUDIO_EXTENSIONS
 
 
-def audio_files(folder: Path) -> list[Path]:
-  """Audio files under `folder`, recursively, sorted (the same file wins on every run).
+def audio_files(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
+  """Audio files under `folder`, recursively.
 
+  `ordered`: in sorted order, so the same file wins on every run where two names collide; that
+  lists each folder whole first. `ordered=False` streams in directory order, holding nothing per
+  file (a split folder of AudioSet may hold 2M clips); the caller then breaks ties by path.
   A folder named like an audio file is listed (not entered): it stands where a file should, and
   prepare skips it with that reason rather than the row going missing without one.
   """
-  out = []
-  for dirpath, dirnames, filenames in os.walk(folder):
-    out += [Path(dirpath) / n for n in sorted(filenames + [d for d in dirnames if _audio_name(d)])
-            if _audio_name(n)]
-    dirnames[:] = sorted(d for d in dirnames if not _audio_name(d))
-  return out
+  if ordered:
+    for dirpath, dirnames, filenames in os.walk(folder):
+      yield from (Path(dirpath) / n
+                  for n in sorted(filenames + [d for d in dirnames if _audio_name(d)])
+                  if _audio_name(n))
+      dirnames[:] = sorted(d for d in dirnames if not _audio_name(d))
+    return
+  stack = [folder]
+  while stack:
+    try:
+      entries = os.scandir(stack.pop())
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    with entries:
+      for e in entries:
+        if _audio_name(e.name):
+          yield Path(e.path)
+        elif e.is_dir():
+          stack.append(e.path)
 
 
 def read_table(path: Path, required: tuple[str, ...], *, delimiter: str = "\t",
