@@ -68,7 +68,7 @@ def _coerce(text: str, default: Any, *, where: str) -> Any:
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-      return text  # A plain string is the only other sensible reading.
+      value = text  # A plain string is the only other sensible reading.
     if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
       value = (value,)
     return tuple(value) if isinstance(default, tuple) else value
@@ -120,8 +120,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       raise UserError(f"override {item!r} must look like --config.{key}=VALUE")
     parent, leaf = _walk(config, key)
     default = parent[leaf]
-    with config.unlocked():
-      parent[leaf] = _coerce(text, default, where=f"--config.{key}")
+    value = _coerce(text, default, where=f"--config.{key}")
+    try:
+      with config.unlocked():
+        parent[leaf] = value
+    except (TypeError, ValueError) as e:  # ml_collections' type check, said without its traceback
+      raise UserError(f"--config.{key}: cannot set {text!r} where the config has "
+                      f"{type(default).__name__} {default!r} ({e})") from None
 
 
 def _walk(config, dotted: str):

@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
                   help="pad/crop to this many frames first, as training will (0: as is)")
   st.add_argument("--mel-bins", type=int, default=128)
   st.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
+  w = sub.add_parser("sweep", help="expand a sweep config into runs; run them locally or write "
+                     "SLURM / TPU-VM launches; skip what is done")
+  w.add_argument("--config", required=True, help="a sweep config (configs/sweeps/*.py), "
+                 "optionally :ARG; --config.KEY=VALUE overrides its fields")
+  w.add_argument("--workdir", required=True,
+                 help="the sweep's folder: sweep.json, runs.txt, logs/ and one folder per run")
+  w.add_argument("--launcher", choices=("local", "slurm", "tpu_vm", "print"), default="local")
+  w.add_argument("--dry-run", action="store_true",
+                 help="write sweep.json and runs.txt, print the commands, run nothing")
+  w.add_argument("--only", default="",
+                 help="only runs whose name contains this (glob characters allowed)")
   r = sub.add_parser("report", help="aggregate a study's runs into report.md and plots")
   r.add_argument("--workdir", required=True)
   k = sub.add_parser("rank", help="how well each score ranks states against fine-tuning results")
@@ -89,6 +100,10 @@ def main(argv=None) -> int:
     _setup_processes()
     config = config_lib.load(args.config, overrides)
     return _run_stage(args.command, config, Path(args.workdir))
+  if args.command == "sweep":  # no process set-up: each run is its own process
+    from audiotl_jax import sweep
+    return sweep.run(args.config, Path(args.workdir), overrides=overrides,
+                     launcher=args.launcher, dry_run=args.dry_run, only=args.only)
   if overrides:
     raise UserError(f"`audiotl {args.command}` takes no --config overrides")
   if args.command == "ontology":
@@ -182,6 +197,9 @@ def run():
   except UserError as e:
     print(f"audiotl: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except BrokenPipeError:  # `audiotl sweep --launcher print | head`: the reader has had enough
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    sys.exit(0)
   except KeyboardInterrupt:
     print("audiotl: interrupted; run the same command again to resume", file=sys.stderr)
     sys.exit(130)
