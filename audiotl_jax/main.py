@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
                  help="write sweep.json and runs.txt, print the commands, run nothing")
   w.add_argument("--only", default="",
                  help="only runs whose name contains this (glob characters allowed)")
+  im = sub.add_parser("import", help="AST weights (official .pth, Hugging Face .safetensors/.bin)"
+                      " -> a checkpoint to fine-tune, embed or score from")
+  im.add_argument("--weights", required=True, help="the weights file")
+  im.add_argument("--model", default="ast:base", help="the AST variant they are for")
+  im.add_argument("--workdir", required=True, help="where the checkpoint is written")
+  im.add_argument("--frames", type=int, default=1024,
+                  help="input frames to fine-tune at (position embeddings are resized to it)")
+  im.add_argument("--mel-bins", type=int, default=128)
   r = sub.add_parser("report", help="aggregate a study's runs into report.md and plots")
   r.add_argument("--workdir", required=True)
   k = sub.add_parser("rank", help="how well each score ranks states against fine-tuning results")
@@ -106,6 +114,12 @@ def main(argv=None) -> int:
                      launcher=args.launcher, dry_run=args.dry_run, only=args.only)
   if overrides:
     raise UserError(f"`audiotl {args.command}` takes no --config overrides")
+  if args.command == "import":
+    _setup_processes()
+    from audiotl_jax.train import import_weights
+    import_weights.import_weights(args.weights, args.model, Path(args.workdir),
+                                  frames=args.frames, mel_bins=args.mel_bins)
+    return 0
   if args.command == "ontology":
     from audiotl_jax import ontology
     onto = ontology.Ontology.load()

@@ -114,6 +114,14 @@ def detect_layout(sd: Mapping[str, np.ndarray]) -> str:
                   f"keys: {', '.join(list(sd)[:5])}")
 
 
+def head_classes(sd: Mapping[str, np.ndarray]) -> int | None:
+  """The number of classes of the checkpoint's own head, or None when it has none."""
+  for key in ("module.mlp_head.1.weight", "classifier.dense.weight"):
+    if key in sd:
+      return int(np.shape(sd[key])[0])
+  return None
+
+
 def _depth(sd, pattern):
   found = {int(k[len(pattern):].split(".")[0]) for k in sd if k.startswith(pattern)}
   return max(found) + 1 if found else 0
@@ -218,8 +226,9 @@ def _check(ours: dict, target: dict, layout: str) -> dict:
 
 def import_ast(path, model, *, frames: int, mel_bins: int = 128,
                source_grid: tuple[int, int] | None = None, seed: int = 0):
-  """A checkpoint file -> complete params for `model` (fresh head where none fits) and notes."""
-  sd = read_state_dict(path)
+  """A checkpoint file (or its state dict, already read) -> complete params for `model` (fresh
+  head where none fits) and notes."""
+  sd = path if isinstance(path, Mapping) else read_state_dict(path)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                              jnp.zeros((1, frames, mel_bins)), train=False))
   params, notes = convert(sd, shapes["params"], source_grid=source_grid)

@@ -62,6 +62,12 @@ class Checkpointer:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
     self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
 
+  def save_model(self, step: int, variables: dict, metadata: dict):
+    """Only the `model` and `metadata` items: a checkpoint to start from, not to resume (the
+    imported weights of `audiotl import`). `load_model` reads it like any other."""
+    self.manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)), force=True)
+
   def restore(self, step: int, abstract_state, data_iter):
     """Restores the full train state (laid out like `abstract_state`) and the iterator in place."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
