@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from audiotl_jax import scaling  # noqa: E402
 from audiotl_jax.errors import UserError  # noqa: E402
 
 
@@ -85,6 +86,7 @@ def write(study: Path) -> Path:
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += ["", "![downstream accuracy](downstream.png)", ""]
   _plot_downstream(study / "downstream.png", fine, states, strategies, metric)
+  lines += scaling.section(study, data["pretrain"], fine, strategies, metric)
 
   if data["scores"]:
     # One layer per table: with several scored layers, keying by state alone would silently keep

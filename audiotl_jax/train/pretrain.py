@@ -174,7 +174,8 @@ def train(config, workdir) -> dict:
   test = evaluate(config.data.test_split, sel.test, "test") if len(sel.test) else {}
   results = {
       "stage": "pretrain", "model": config.model.name, "subset": config.data.subset or "all",
-      "fraction": config.data.fraction, "num_classes": sel.num_classes,
+      "fraction": config.data.fraction, "seed": config.seed,
+      "data_seed": config.data.get("seed"), "num_classes": sel.num_classes,
       "num_train_clips": int(len(sel.train)), "num_params": num_params, "best_step": best,
       "total_steps": total_steps, "val": val, "test": test,
       "seconds": time.time() - t_start,

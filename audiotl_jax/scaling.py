@@ -1,0 +1,135 @@
+"""Scaling curves for `audiotl report`: downstream result against pre-training data, per subset.
+
+A scaling study pre-trains each ontology subset at several data fractions and seeds
+(`configs/sweeps/scaling.py`) and fine-tunes every state (`configs/sweeps/transfer.py`). The
+question is how the downstream result grows with pre-training data, and whether a similar subset
+beats a larger dissimilar one. This module groups the pre-trained states by (subset, fraction),
+averages over seeds (mean, sample std, n), and draws one curve per subset and strategy against
+the number of pre-training clips, with the pre-training mAP beside it. Only subsets pre-trained at
+two or more fractions make a curve; a study without any gets no section.
+"""
+import collections
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display on servers and CI.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _summary(values: list[float]) -> dict | None:
+  """Mean, sample std and count of the finite values (a metric is NaN where its split had no
+  positive clip); None when there are none."""
+  v = np.asarray(values, float)
+  v = v[np.isfinite(v)]
+  if not len(v):
+    return None
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "n": len(v)}
+
+
+def points(pretrain: dict, finetune: dict, metric: str) -> dict:
+  """{subset: {fraction: {"clips", "pretrain_mAP", strategy: summary}}} over seeds, for subsets
+  with at least two fractions. `pretrain` maps state -> its results.json; `finetune` maps
+  (state, strategy) -> results.json."""
+  groups = collections.defaultdict(lambda: collections.defaultdict(list))
+  for state, r in pretrain.items():
+    if r and r.get("stage") == "pretrain" and r.get("fraction") is not None:
+      groups[r["subset"]][float(r["fraction"])].append(state)
+  out = {}
+  for subset, by_fraction in groups.items():
+    if len(by_fraction) < 2:
+      continue
+    out[subset] = {}
+    for fraction, states in sorted(by_fraction.items()):
+      row = {"clips": float(np.mean([pretrain[s]["num_train_clips"] for s in states])),
+             "pretrain_mAP": _summary([pretrain[s]["val"]["mAP"] for s in states]),
+             "states": sorted(states)}
+      strategies = sorted({k for s, k in finetune if s in states})
+      for k in strategies:
+        row[k] = _summary([finetune[(s, k)]["test"][metric] for s in states if (s, k) in finetune])
+      out[subset][fraction] = row
+  return out
+
+
+def _cell(s: dict | None, digits: int = 3) -> str:
+  if not s:
+    return "n/a"
+  spread = f" ± {s['std']:.{digits}f}" if s["n"] > 1 else ""
+  return f"{s['mean']:.{digits}f}{spread} (n={s['n']})"
+
+
+def section(study: Path, pretrain: dict, finetune: dict, strategies: list[str],
+            metric: str) -> list[str]:
+  """Report lines (and `scaling.png`) for the subsets pre-trained at several fractions."""
+  pts = points(pretrain, finetune, metric)
+  if not pts:
+    return []
+  lines = ["## Scaling with pre-training data", "",
+           f"Downstream test {metric} per subset and pre-training fraction: mean ± sample std over "
+           "seeds (n states). Pre-training mAP is on the held-out part of the training split.", "",
+           "| subset | fraction | clips | pre-training mAP | " + " | ".join(strategies) + " |",
+           "|---" * (4 + len(strategies)) + "|"]
+  for subset, rows in sorted(pts.items()):
+    for fraction, row in rows.items():
+      lines.append(f"| {subset} | {fraction:g} | {row['clips']:,.0f} | "
+                   f"{_cell(row['pretrain_mAP'])} | "
+                   + " | ".join(_cell(row.get(k)) for k in strategies) + " |")
+  lines += ["", "Gain per tenfold pre-training data (least-squares slope of the mean against "
+            "log10 clips):", ""]
+  for k in strategies:
+    slopes = fits(pts, k)
+    lines.append(f"- {k}: " + ", ".join(f"{subset} {slope:+.3f}"
+                                        for subset, slope in sorted(slopes.items())))
+  lines += ["", "![scaling curves](scaling.png)", ""]
+  plot(study / "scaling.png", pts, strategies, metric)
+  return lines
+
+
+def plot(path: Path, pts: dict, strategies: list[str], metric: str) -> None:
+  panels = ["pretrain_mAP"] + strategies
+  clips = sorted({row["clips"] for rows in pts.values() for row in rows.values()})
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6), squeeze=False)
+  handles = {}
+  for ax, key in zip(axes[0], panels):
+    for subset, rows in sorted(pts.items()):
+      got = [(row["clips"], row[key]) for row in rows.values() if row.get(key)]
+      if not got:
+        continue
+      xs = [x for x, _ in got]
+      ys = np.asarray([s["mean"] for _, s in got])
+      sd = np.asarray([s["std"] for _, s in got])
+      handles[subset], = ax.plot(xs, ys, marker="o", label=subset)
+      if (sd > 0).any():
+        ax.fill_between(xs, ys - sd, ys + sd, color=handles[subset].get_color(), alpha=0.2,
+                        linewidth=0)
+    if not ax.lines:
+      ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+    # Log scale, ticked at the clip counts actually used (matplotlib's log ticks crowd over
+    # the short ranges small studies have).
+    ax.set_xscale("log")
+    ax.set_xticks(clips, [f"{c:,.0f}" for c in clips], rotation=30, fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("pre-training clips")
+    ax.set_ylabel("val mAP" if key == "pretrain_mAP" else f"test {metric}")
+    ax.set_title("pre-training" if key == "pretrain_mAP" else f"fine-tuned: {key}")
+    ax.grid(alpha=0.3)
+  fig.legend(handles.values(), handles.keys(), title="subset", fontsize=8, loc="center right")
+  fig.suptitle("Scaling with pre-training data (mean ± std over seeds)")
+  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def fits(pts: dict, strategy: str) -> dict:
+  """Per subset, the slope of the result against log10(clips): the gain per tenfold data."""
+  out = {}
+  for subset, rows in pts.items():
+    xy = [(math.log10(r["clips"]), r[strategy]["mean"]) for r in rows.values()
+          if r.get(strategy) and r["clips"] > 0]
+    if len(xy) >= 2:
+      x, y = map(np.asarray, zip(*xy))
+      out[subset] = float(np.polyfit(x, y, 1)[0])
+  return out
