@@ -143,6 +143,24 @@ def test_prepare_reads_tfds_audio(built, tmp_path):
     assert [ls.tolist() for ls in ds.labels(split)] == labels
 
 
+def test_cli_prepare_with_workers_then_fine_tune(built, tmp_path):
+  """No code: `audiotl prepare` with the tfds reader (spawned workers reopen the TFDS source
+  themselves), then `audiotl finetune` for two steps on what it wrote."""
+  from audiotl_jax.main import main as cli
+  out = tmp_path / "prepared"
+  assert cli(["prepare", "--config", "configs/prepare.py:reader=tfds_speech_commands",
+              f"--config.root={built['data_dir']}", "--config.num_workers=2",
+              "--config.shard_size=8", "--config.progress=false", "--workdir", str(out)]) == 0
+  ds = PreparedDataset(out)
+  assert {s: ds.num_records(s) for s in ds.splits} == {
+      s: info.num_examples for s, info in built["builder"].info.splits.items()}
+  assert cli(["finetune", "--config", "configs/finetune.py:model=cnn:tiny,runlocal",
+              f"--config.data.dir={out}", "--config.batch_size=8", "--config.total_steps=2",
+              "--config.eval_every=2", "--config.frontend.n_mels=32", "--config.progress=false",
+              "--workdir", str(tmp_path / "ft")]) == 0
+  assert (tmp_path / "ft/results.json").exists()
+
+
 def test_not_prepared(tmp_path):
   with pytest.raises(UserError, match="not prepared under .*tfds build speech_commands "
                                       "--file_format=array_record"):
