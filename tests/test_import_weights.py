@@ -59,6 +59,11 @@ def test_import_writes_a_checkpoint_that_loads_as_converted(tmp_path, capsys, la
               str(out)]) == 0
   assert "already holds a finished run" in capsys.readouterr().out
   assert (out / "checkpoints/0").stat().st_mtime_ns == mtime
+  # Killed after the checkpoint, before results.json: the next run imports again, not crashes.
+  (out / "results.json").unlink()
+  assert cli(["import", "--weights", str(path), "--model", "ast:tiny", "--workdir", str(out),
+              "--frames", str(FRAMES)]) == 0
+  _equal(checkpointing.load_model(out)[0]["params"], params)
 
 
 def test_encoder_only_weights_get_a_fresh_head(tmp_path):
@@ -80,6 +85,13 @@ def test_import_errors_name_the_problem(tmp_path):
     cli(["import", "--weights", str(tmp_path / "none.pth"), "--model", "cnn:S",
          "--workdir", str(tmp_path / "o")])
   save_file({"conv.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "cnn.safetensors"))
+  (tmp_path / "torn.safetensors").write_bytes(b"garbage" * 100)
+  with pytest.raises(UserError, match="torn.safetensors: not a readable safetensors file"):
+    cli(["import", "--weights", str(tmp_path / "torn.safetensors"), "--model", "ast:tiny",
+         "--workdir", str(tmp_path / "o")])
+  with pytest.raises(UserError, match="is a directory"):
+    cli(["import", "--weights", str(tmp_path), "--model", "ast:tiny", "--workdir",
+         str(tmp_path / "o")])
   with pytest.raises(UserError, match="not an AST state dict"):
     cli(["import", "--weights", str(tmp_path / "cnn.safetensors"), "--model", "ast:tiny",
          "--workdir", str(tmp_path / "o")])

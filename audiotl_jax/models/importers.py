@@ -41,13 +41,21 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     except ImportError:
       raise UserError("reading .safetensors needs the safetensors package: "
                       "pip install 'audiotl-jax[import]'") from None
-    return dict(load_file(str(path)))
+    try:
+      return dict(load_file(str(path)))
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+      raise UserError(f"checkpoint file {path}: not a readable safetensors file "
+                      f"({type(e).__name__}: {e})") from None
   try:
     import torch
   except ImportError:
     raise UserError(f"reading {path.name} (a PyTorch pickle) needs torch: "
                     f"pip install 'audiotl-jax[torch]'") from None
-  state = torch.load(str(path), map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+  except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
+    raise UserError(f"checkpoint file {path}: not a readable PyTorch checkpoint "
+                    f"({type(e).__name__}: {e})") from None
   state = state.get("state_dict", state) if isinstance(state, dict) else state
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 

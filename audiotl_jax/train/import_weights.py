@@ -13,6 +13,7 @@ from it, and running the command again does nothing).
 """
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -55,7 +56,8 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
     raise UserError(f"audiotl import: --model must be an AST variant (see `audiotl models`), got "
                     f"{model_name!r}; the CNN families are pre-trained here, not imported")
   if not weights.is_file():
-    raise UserError(f"audiotl import: weights file {weights} does not exist")
+    raise UserError(f"audiotl import: weights file {weights} "
+                    f"{'is a directory' if weights.is_dir() else 'does not exist'}")
   sd = importers.read_state_dict(weights)
   own_head = importers.head_classes(sd)
   num_classes = own_head or AUDIOSET_CLASSES
@@ -75,6 +77,9 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
       "weights_sha256": _sha256(weights), "notes": notes,
       "num_params": models.count_params(params), "audiotl_version": audiotl_jax.__version__,
   }
+  # No results.json but a checkpoint: an earlier import was killed after writing it. The
+  # checkpoint is a pure function of the file, so it is written again rather than trusted.
+  shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
   ckpt = checkpointing.Checkpointer(workdir)
   ckpt.save_model(0, {"params": params, "batch_stats": {}}, metadata)
   ckpt.close()
