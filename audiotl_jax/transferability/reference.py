@@ -13,6 +13,23 @@ def _classes(labels):
   return classes, [np.asarray(labels) == c for c in classes]
 
 
+def _fixed_point(sigma, x2, res_x2, n):
+  """thuml/LogME's `_fit_fixed_point` iteration for one target, in its notation: yields
+  (alpha, beta, t, m2, res2) after each update, stopping once alpha / beta moved by <= 1e-3
+  relative, after at most 11 updates."""
+  alpha, beta = 1.0, 1.0
+  for _ in range(11):
+    t = alpha / beta
+    gamma = (sigma / (sigma + t)).sum()
+    m2 = (sigma * x2 / ((t + sigma) ** 2)).sum()
+    res2 = (x2 / ((1 + sigma / t) ** 2)).sum() + res_x2
+    alpha = gamma / (m2 + 1e-5)
+    beta = (n - gamma) / (res2 + 1e-5)
+    yield alpha, beta, t, m2, res2
+    if abs(alpha / beta - t) / t <= 1e-3:
+      return
+
+
 def official_logme(features, labels, *, targets=None, pad_log_det: bool = True) -> float:
   """thuml/LogME `LogME.fit` (`_fit_fixed_point`): float64, truncated SVD via F^T F when N > D.
 
@@ -43,22 +60,13 @@ def official_logme(features, labels, *, targets=None, pad_log_det: bool = True) 
     x = u.T @ y
     x2 = x ** 2
     res_x2 = (y ** 2).sum() - x2.sum()
-    alpha, beta = 1.0, 1.0
-    for _ in range(11):
-      t = alpha / beta
-      gamma = (sigma / (sigma + t)).sum()
-      m2 = (sigma * x2 / ((t + sigma) ** 2)).sum()
-      res2 = (x2 / ((1 + sigma / t) ** 2)).sum() + res_x2
-      alpha = gamma / (m2 + 1e-5)
-      beta = (n - gamma) / (res2 + 1e-5)
-      t_ = alpha / beta
+    # The evidence at every step, as the official fit computes it (its cost is the baseline's).
+    for alpha, beta, t, m2, res2 in _fixed_point(sigma, x2, res_x2, n):
       log_det = np.sum(np.log(alpha + beta * sigma))
       if pad_log_det:
         log_det += (d - sigma.shape[0]) * np.log(alpha)
       evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * log_det
                   - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi)) / n
-      if abs(t_ - t) / t <= 1e-3:
-        break
     evidences.append(evidence)
     # The official fit computes each class's weights m; unused here, but its cost belongs in the
     # baseline's time.
@@ -161,16 +169,7 @@ def logme_heldout(train_features, train_labels, val_features, val_labels) -> flo
     y = (train_labels == c).astype(np.float64)
     x2 = np.divide((v.T @ f.T @ y) ** 2, sigma, out=np.zeros(d), where=sigma > 1e-20)
     res_x2 = y @ y - x2.sum()
-    alpha, beta = 1.0, 1.0
-    for _ in range(11):
-      t = alpha / beta
-      gamma = (sigma / (sigma + t)).sum()
-      m2 = (sigma * x2 / ((t + sigma) ** 2)).sum()
-      res2 = (x2 / ((1 + sigma / t) ** 2)).sum() + res_x2
-      new_alpha, new_beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
-      alpha, beta, done = new_alpha, new_beta, abs(new_alpha / new_beta - t) / t <= 1e-3
-      if done:
-        break
+    *_, (alpha, beta, _, _, _) = _fixed_point(sigma, x2, res_x2, n)
     a = alpha * np.eye(d) + beta * g
     m = beta * np.linalg.solve(a, f.T @ y)
     var = 1 / beta + np.einsum("md,md->m", fv, np.linalg.solve(a, fv.T).T)
