@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-slow test-all test-tfds bench venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -29,7 +29,7 @@ test-all: $(STAMP)
 
 # The TFDS reader needs tensorflow (the `tfds` extra, ~1.5 GB): its own venv, kept out of `test`.
 TFDS_VENV := .venv-tfds
-$(TFDS_VENV)/.installed: pyproject.toml
+$(TFDS_VENV)/.installed: pyproject.toml setup.py
 	@test -x $(TFDS_VENV)/bin/python || $(PYTHON) -m venv $(TFDS_VENV)
 	$(TFDS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TFDS_VENV)/bin/python -m pip install --quiet -e '.[dev,tfds]'

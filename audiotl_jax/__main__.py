@@ -1,4 +1,4 @@
-from audiotl_jax.main import run
+from audiotl_jax.cli import run
 
 if __name__ == "__main__":
   run()

@@ -5,6 +5,10 @@ A config file is a Python module with `get_config(arg=None) -> ml_collections.Co
 turns it into a ConfigDict of typed values. Overrides are applied to the loaded config and must
 name an existing key: the config is locked, so a typo fails with its name and the closest keys.
 
+Config files are data: they import `audiotl_jax.config` and nothing else of the package (the
+defaults they need from the code, reader options and PETL settings, come through the helpers at
+the end of this module), so the package can change inside without breaking anyone's configs.
+
 Why not `ml_collections.config_flags`: it binds to absl's global FLAGS and loads lazily, so a
 subcommand CLI gets late, unhelpful errors. This module is the small part of it we need.
 """
@@ -18,9 +22,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from audiotl_jax import resources
 from audiotl_jax.errors import UserError
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = resources.path("configs")
 
 
 def parse_arg(arg: str | None, *, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
@@ -76,11 +81,16 @@ def _coerce(text: str, default: Any, *, where: str) -> Any:
 
 
 def resolve_path(spec: str) -> tuple[Path, str | None]:
-  """`configs/pretrain.py:arg` -> (path, arg). Bare names are looked up in `configs/`."""
+  """`configs/pretrain.py:arg` -> (path, arg).
+
+  A path that does not exist from the working directory is looked up in the bundled configs,
+  with or without its leading `configs/` and `.py`: the README's commands work from anywhere.
+  """
   path_str, _, arg = spec.partition(":")
   path = Path(path_str)
   if not path.exists() and not path.is_absolute():
-    for candidate in (CONFIGS_DIR / path_str, CONFIGS_DIR / f"{path_str}.py"):
+    inner = path_str[len("configs/"):] if path_str.startswith("configs/") else path_str
+    for candidate in (CONFIGS_DIR / inner, CONFIGS_DIR / f"{inner}.py"):
       if candidate.exists():
         path = candidate
         break
@@ -92,11 +102,7 @@ def resolve_path(spec: str) -> tuple[Path, str | None]:
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads `file.py[:arg]`, applies `a.b=value` overrides and returns the locked config."""
   path, arg = resolve_path(spec)
-  if (path.parent / "__init__.py").exists():
-    # Config files share blocks through their package (`from configs import common`).
-    root = str(path.resolve().parent.parent)
-    if root not in sys.path:
-      sys.path.insert(0, root)
+  _register_configs_package(path)
   module_spec = importlib.util.spec_from_file_location(f"_audiotl_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -111,6 +117,28 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   config.lock()
   apply_overrides(config, overrides)
   return config
+
+
+def _register_configs_package(path: Path) -> None:
+  """Makes `from configs import common` work in config files, from any working directory.
+
+  The folder holding the file (or its parent, for `configs/sweeps/x.py`) is registered as the
+  package `configs` when it has an `__init__.py`; nothing is added to sys.path.
+  """
+  for folder in (path.resolve().parent, path.resolve().parent.parent):
+    init = folder / "__init__.py"
+    if folder.name == "configs" and init.exists():
+      loaded = sys.modules.get("configs")
+      if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == init:
+        return
+      spec = importlib.util.spec_from_file_location("configs", init,
+                                                    submodule_search_locations=[str(folder)])
+      module = importlib.util.module_from_spec(spec)
+      sys.modules["configs"] = module
+      for name in [m for m in sys.modules if m.startswith("configs.")]:
+        del sys.modules[name]  # submodules of another configs folder
+      spec.loader.exec_module(module)
+      return
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -157,3 +185,24 @@ def write(config, workdir: Path, name: str = "config.json") -> Path:
   tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
   tmp.replace(path)
   return path
+
+
+# ------------------------------------------------------------------ defaults for config files
+# Config files call these instead of importing the modules that own the defaults.
+
+def reader_options(reader: str) -> ml_collections.ConfigDict:
+  """The options of a dataset reader with their defaults (`configs/prepare.py`'s `options`)."""
+  from audiotl_jax.data import readers  # pylint: disable=g-import-not-at-top
+  return readers.default_options(reader)
+
+
+def petl_defaults() -> dict:
+  """The parameter-efficient strategies' settings with their defaults (config block `petl`)."""
+  from audiotl_jax.models import transfer  # pylint: disable=g-import-not-at-top
+  return dict(transfer.DEFAULTS)
+
+
+def finished_runs(pattern: str) -> tuple[str, ...]:
+  """Run folders matching `pattern` that hold a finished run (`results.json`), sorted."""
+  from audiotl_jax.launch import sweep  # pylint: disable=g-import-not-at-top
+  return sweep.finished(pattern)

@@ -3,7 +3,7 @@ r"""The embedded default: a miniature ontology / data-scale transfer study on sy
   audiotl demo                       # = audiotl demo --config configs/demo.py --workdir runs/demo
   audiotl demo --config configs/demo.py:scale=test --workdir /tmp/demo   # seconds, for tests
 
-Synthetic AudioSet whose sounds follow the ontology (see audiotl_jax/data/synthetic.py) is
+Synthetic AudioSet whose sounds follow the ontology (see audiotl_jax/data/synthetic/) is
 prepared like real data; the small CNN is pre-trained on a branch acoustically similar to the
 downstream task (Human sounds, for speech-commands-like words), on a dissimilar one (Music), and on
 a fraction of the similar one (scale); a randomly initialised CNN is the baseline. Each state is
@@ -51,7 +51,7 @@ def get_config(arg=None):
   p.num_epochs = 12.0 if not test else 1.0
   p.optim.lr = 2e-3
   p.log_every = 10
-  p.eval_every = p.checkpoint_every = 1_000_000  # once, at the end
+  p.checkpoint_every = 1_000_000  # evaluate once, at the end
   p.frontend.n_fft = 400
   p.frontend.norm_batches = 4 if not test else 1
   p.augment.specaugment = True

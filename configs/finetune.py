@@ -5,7 +5,7 @@ r"""Fine-tune a pre-trained checkpoint (or train from scratch) on a downstream t
       --workdir runs/ft_animal_linear
 
 Arguments after the colon: strategy (linear, mlp, full, partial:K, bitfit, conv_adapter, lora,
-houlsby, pfeiffer, prompt, deep_prompt, prefix; see audiotl_jax/peft.py), model
+houlsby, pfeiffer, prompt, deep_prompt, prefix; see audiotl_jax/models/transfer/), model
 (used when training from scratch; a checkpoint brings its own), runlocal.
 `init` is a pre-training workdir, its checkpoints/ folder or one step folder; empty trains from
 scratch. The best epoch is chosen on the validation split; the test split is scored once, at the
@@ -13,7 +13,8 @@ end, into `results.json`.
 """
 import ml_collections
 
-from audiotl_jax import peft
+
+from audiotl_jax import config as config_lib
 from audiotl_jax.config import parse_arg
 from configs import common
 
@@ -24,10 +25,10 @@ def get_config(arg=None):
   c.init = ""
   c.strategy = arg.strategy
   c.model = dict(name=arg.model, dtype="float32", remat=False)  # dtype: compute (bfloat16)
-  # Options of the parameter-efficient strategies (see audiotl_jax/peft.py): reduction rates,
+  # Options of the parameter-efficient strategies (see audiotl_jax/models/transfer/): reduction rates,
   # LoRA rank and targets, adapter mode and place, prompt/prefix tokens, which LayerNorms train
   # ("auto": as the PETL_AST code), and `petl_ast_compat` (reproduce that code's choices).
-  c.petl = dict(peft.DEFAULTS)
+  c.petl = config_lib.petl_defaults()
   c.save_adapter = True         # also write workdir/adapter/: only the trained leaves
   c.data = dict(
       dir="", train_split="train", val_split="validation", test_split="test",

@@ -17,8 +17,8 @@ Re-running on the same workdir resumes: finished shards are kept.
 """
 import ml_collections
 
+from audiotl_jax import config as config_lib
 from audiotl_jax.config import parse_arg
-from audiotl_jax.data import readers
 
 
 def get_config(arg=None):
@@ -27,7 +27,7 @@ def get_config(arg=None):
           "dcase2020_task1a": 10.0, "dcase2018_task3": 10.0, "esc50": 5.0,
           "tfds_speech_commands": 1.0}.get(arg.reader)
   return ml_collections.ConfigDict(dict(
-      reader=arg.reader, root="", options=readers.default_options(arg.reader),
+      reader=arg.reader, root="", options=config_lib.reader_options(arg.reader),
       sample_rate=16000,
       clip_seconds=clip,       # pad/crop every clip to this length; None keeps each length
       shard_size=1024, num_workers=0,  # 0: every core

@@ -35,8 +35,7 @@ def get_config(arg=None):
   c.num_epochs = 30.0
   c.optim = common.optim(1e-3)
   c.log_every = 50
-  c.eval_every = 500            # steps; also at the end
-  c.checkpoint_every = 500
+  c.checkpoint_every = 500      # steps between evaluations, each one saved; and at the end
   c.keep_checkpoints = 2
   c.seed = 0
   c.num_devices = 0             # 0: every visible device
@@ -47,7 +46,6 @@ def get_config(arg=None):
     c.batch_size = 16
     c.total_steps = 20
     c.log_every = 5
-    c.eval_every = 10
     c.checkpoint_every = 10
     c.data.clip_seconds = 1.0
   return c

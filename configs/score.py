@@ -6,7 +6,7 @@ r"""Transferability scores of pre-trained states on a downstream dataset.
 
 `checkpoints`: comma-separated pre-training workdirs (or step folders); each is named by its
 folder. `layers`: comma-separated layer names (`audiotl embed` lists pooling per family).
-Scores: `audiotl_jax.transferability.SCORES` plus `logme_heldout` (validation-aware: also embeds
+Scores: `audiotl_jax.scores.SCORES` plus `logme_heldout` (validation-aware: also embeds
 `data.val_split`). `stream`: compute from the memory-mapped embeddings in chunks of `chunk_size`.
 Rank the states against fine-tuning results with `audiotl rank`.
 """

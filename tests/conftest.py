@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
-  from audiotl_jax.data import prepare, readers, synthetic
+  from audiotl_jax.data import readers, synthetic
+  from audiotl_jax.data import shard_writer as prepare
   root = tmp_path_factory.mktemp("data")
   synthetic.make_demo_data(root / "raw", scale="test", seed=0)
   out = {}
@@ -73,7 +74,7 @@ def tiny_pretrain_config(data_dir, **overrides):
 
 @pytest.fixture(scope="session")
 def pretrained(prepared, tmp_path_factory):
-  from audiotl_jax.train import pretrain
+  from audiotl_jax.stages import pretrain
   workdir = tmp_path_factory.mktemp("pretrain")
-  pretrain.train(tiny_pretrain_config(prepared["audioset"]), workdir)
+  pretrain.run(tiny_pretrain_config(prepared["audioset"]), workdir)
   return workdir

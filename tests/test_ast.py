@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiotl_jax import models, peft
-from audiotl_jax.models import ast
+from audiotl_jax import models
+from audiotl_jax.models import ast, transfer
 
 SMALL = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
 
@@ -85,8 +85,8 @@ def test_resize_pos_embed_as_the_official_code():
   # Transplanting a checkpoint made for 1024 frames into a 500-frame model resizes, never fails.
   src = np.random.default_rng(0).standard_normal((1, 12, 101, 8)).astype(np.float32)
   tgt = np.zeros((1, 12, 49, 8), np.float32)
-  out, fresh = peft.transplant({"embedding": {"pos_embed": src}}, {"embedding": {"pos_embed": tgt}},
-                               resize=peft.resize_leaf)
+  out, fresh = transfer.transplant({"embedding": {"pos_embed": src}},
+                                   {"embedding": {"pos_embed": tgt}}, resize=transfer.resize_leaf)
   np.testing.assert_array_equal(out["embedding"]["pos_embed"], src[:, :, 26:75])
   assert fresh == []
 
@@ -119,7 +119,7 @@ def test_bfloat16_compute_and_remat_keep_the_gradients():
 def test_model_options_from_config(model_cfg):
   import ml_collections
   from audiotl_jax.errors import UserError
-  from audiotl_jax.train import steps
+  from audiotl_jax.train import step as steps
   opts = steps.model_options(ml_collections.ConfigDict(dict(dtype="bfloat16", remat=True)))
   assert opts == {"dtype": jnp.bfloat16, "remat": True}
   assert steps.model_options(ml_collections.ConfigDict(dict(name="cnn"))) == {}
@@ -130,7 +130,7 @@ def test_model_options_from_config(model_cfg):
 
 
 def test_train_flops_for_mfu():
-  from audiotl_jax import bench_ast
+  from audiotl_jax.bench import ast as bench_ast
   model = models.get_model("ast:base", num_classes=527)
   n, d = 1214, 768
   forward = 12 * (24 * n * d * d + 4 * n * n * d) + 2 * 1212 * 256 * d + 2 * d * 527

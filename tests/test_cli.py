@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from audiotl_jax import main as main_lib
+from audiotl_jax import cli as main_lib
 from audiotl_jax.errors import UserError
 
 
@@ -20,7 +20,7 @@ def test_models_lists_every_variant(capsys):
 
 
 def test_ontology_plan_and_find(capsys, tmp_path):
-  from audiotl_jax.ontology import DEFAULT_DIR
+  from audiotl_jax.data.ontology import DEFAULT_DIR
   assert cli("ontology", "plan", "--segments", DEFAULT_DIR / "balanced_train_segments.csv",
              "--subset", "Animal+Music", "--subset", "Speech") == 0
   out = capsys.readouterr().out
@@ -131,7 +131,7 @@ def test_bench_quick(tmp_path, capsys):
 
 def test_report_scores_table_uses_one_layer(tmp_path):
   """Several scored layers: the report's table shows the first layer's values, not a mix."""
-  from audiotl_jax import report
+  from audiotl_jax.analysis import report
   study = tmp_path / "study"
   rows = []
   for i, state in enumerate(("a", "b", "c")):

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from audiotl_jax import embedding
+from audiotl_jax.stages import embed as embedding
 from audiotl_jax.errors import UserError
 
 SHAPES = {"embedding": (1, 32), "block2": (1, 10, 8, 16), "tokens": (1, 12, 24)}

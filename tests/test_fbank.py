@@ -6,8 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from audiotl_jax import fbank, frontend
 from audiotl_jax.errors import UserError
+from audiotl_jax.features import fbank
+from audiotl_jax.features import featurizer
+from audiotl_jax.features import logmel as frontend
+from audiotl_jax.features import normalization
+from audiotl_jax.stages.stats import dataset_stats
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -45,11 +49,11 @@ def test_frame_counts_crop_and_short_clips():
   assert fbank.fbank(jnp.ones((1, 100)) * 0.1, num_mel_bins=64).shape == (1, 1, 64)
   cfg = ml_collections.ConfigDict(dict(kind="fbank", sample_rate=16000, target_frames=0,
                                        hop_length=160))
-  assert fbank.feature_frames(cfg, 16000) == 98
+  assert featurizer.feature_frames(cfg, 16000) == 98
   cfg.target_frames = 1024
-  assert fbank.feature_frames(cfg, 16000) == 1024
+  assert featurizer.feature_frames(cfg, 16000) == 1024
   cfg.kind = "logmel"
-  assert fbank.feature_frames(cfg, 16000) == 101
+  assert featurizer.feature_frames(cfg, 16000) == 101
 
 
 def test_mel_banks_are_kaldi_triangles():
@@ -65,7 +69,7 @@ def test_mel_banks_are_kaldi_triangles():
 
 
 def test_featurizer_fbank_kind_uses_fixed_statistics():
-  from audiotl_jax.train import steps
+  from audiotl_jax.train import step as steps
   from configs import common
   fc = common.frontend(kind="fbank")
   fc.target_frames = 128
@@ -73,20 +77,20 @@ def test_featurizer_fbank_kind_uses_fixed_statistics():
   norm = steps.compute_norm(fc, iter(()), None, 0)
   assert norm == {"mean": -4.2677393, "std": 4.5689974}
   pcm = jnp.asarray(np.load(DATA / "fbank_wave_b.npy")[None])
-  got = np.asarray(steps.make_featurizer(fc, norm)(pcm))[0]
+  got = np.asarray(featurizer.make_featurizer(fc, norm)(pcm))[0]
   np.testing.assert_allclose(got, np.load(DATA / "fbank_ast_b.npy"), atol=1e-3, rtol=0)
   with pytest.raises(UserError, match="positive std"):
-    fbank.normalize(jnp.zeros((1, 2, 2)), 0.0, 0.0)
+    normalization.normalize(jnp.zeros((1, 2, 2)), 0.0, 0.0)
 
 
 def test_stats_command(prepared, capsys):
-  from audiotl_jax import main
+  from audiotl_jax import cli as main
   assert main.main(["stats", "--data", str(prepared["speech_commands"]), "--target-frames",
                     "100", "--mel-bins", "32"]) == 0
   out = capsys.readouterr().out
   assert "--config.frontend.fbank_mean=" in out and "--config.frontend.fbank_std=" in out
-  stats = fbank.dataset_stats(prepared["speech_commands"], target_frames=100, num_mel_bins=32)
+  stats = dataset_stats(prepared["speech_commands"], target_frames=100, num_mel_bins=32)
   assert stats["std"] > 0 and np.isfinite(stats["mean"])
   assert f"fbank mean {stats['mean']:.7f}" in out
   with pytest.raises(UserError, match="split 'nope'"):
-    fbank.dataset_stats(prepared["speech_commands"], split="nope")
+    dataset_stats(prepared["speech_commands"], split="nope")

@@ -10,8 +10,8 @@ import pytest
 
 from audiotl_jax import models
 from audiotl_jax.errors import UserError
-from audiotl_jax.main import main as cli
-from audiotl_jax.train import checkpointing
+from audiotl_jax.cli import main as cli
+from audiotl_jax.train import checkpoints as checkpointing
 from test_importers import _random_params, to_huggingface, to_official
 
 FRAMES, BINS = 64, 128
@@ -105,7 +105,7 @@ def test_import_errors_name_the_problem(tmp_path):
 def test_lora_finetune_from_an_imported_checkpoint(tmp_path, prepared):
   """The point of importing: LoRA fine-tuning starts from the imported weights and frontend."""
   from audiotl_jax import config as config_lib
-  from audiotl_jax.train import finetune
+  from audiotl_jax.stages import finetune
   path, params = _weights(tmp_path)
   out = tmp_path / "imported"
   assert cli(["import", "--weights", str(path), "--model", "ast:tiny", "--workdir", str(out),
@@ -118,7 +118,7 @@ def test_lora_finetune_from_an_imported_checkpoint(tmp_path, prepared):
     config.total_steps = 2
     config.eval_every = 2
     config.progress = False
-  results = finetune.train(config, tmp_path / "lora")
+  results = finetune.run(config, tmp_path / "lora")
   after, meta, _ = checkpointing.load_model(tmp_path / "lora")
   assert meta["frontend"]["target_frames"] == FRAMES  # the frontend came with the weights
   frozen = jax.tree.leaves(params["embedding"])

@@ -30,7 +30,9 @@ def _steps(dataset, process_index: int, process_count: int) -> dict:
   import ml_collections
   from audiotl_jax import models
   from audiotl_jax.data import pipeline, records
-  from audiotl_jax.train import mesh as mesh_lib, state as state_lib, steps
+  from audiotl_jax.features import featurizer
+  from audiotl_jax.train import mesh as mesh_lib, state as state_lib
+  from audiotl_jax.train import step as steps
   from configs import common
   src = dataset.source("train")
   id_of = {int(records.decode(src[i])["audio"][0]): str(dataset.ids("train")[i])
@@ -52,8 +54,9 @@ def _steps(dataset, process_index: int, process_count: int) -> dict:
   state, shardings = state_lib.create(model, tx, mesh, frames=11, n_mels=32, seed=0)
   augment = common.augment(specaugment=False)  # masks depend on a row's place in the batch
   step = steps.jit_train_step(steps.make_train_step(
-      model, steps.make_featurizer(fc, {"mean": -30.0, "std": 15.0}), tx, loss_fn=steps.bce_loss,
-      augment=augment, num_classes=dataset.num_classes, target="multihot"), shardings, mesh)
+      model, featurizer.make_featurizer(fc, {"mean": -30.0, "std": 15.0}), tx,
+      loss_fn=steps.bce_loss, augment=augment, num_classes=dataset.num_classes,
+      target="multihot"), shardings, mesh)
   it, losses = batches(), []
   for _ in range(STEPS):
     state, m = step(state, mesh_lib.to_global(next(it), mesh))
@@ -66,7 +69,9 @@ def _steps(dataset, process_index: int, process_count: int) -> dict:
 
 def _make_dataset(root: Path):
   import soundfile as sf
-  from audiotl_jax.data import prepare, readers
+  from audiotl_jax.data import readers
+  from audiotl_jax.data import shard_writer as prepare
+  from audiotl_jax.data.dataset import PreparedDataset
   rows = []
   for i in range(N):
     sf.write(root / f"c{i}.wav", np.full(800 + 100 * i, 50 * (i + 1), np.int16), 16000)
@@ -74,7 +79,7 @@ def _make_dataset(root: Path):
   (root / "l.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
   prepare.prepare(readers.csv_manifest(root / "l.csv"), root / "out", shard_size=5,
                   num_workers=1, progress=False)
-  return prepare.PreparedDataset(root / "out")
+  return PreparedDataset(root / "out")
 
 
 @pytest.mark.slow  # 25-60 s on 2 shared cores: three interpreters each compile the step
@@ -107,6 +112,6 @@ if __name__ == "__main__":
   from audiotl_jax.train import mesh as _mesh
   assert _mesh.initialize_distributed()
   import jax as _jax
-  from audiotl_jax.data.prepare import PreparedDataset
+  from audiotl_jax.data.dataset import PreparedDataset
   out = _steps(PreparedDataset(sys.argv[1]), _jax.process_index(), _jax.process_count())
   Path(sys.argv[2]).write_text(json.dumps(out))

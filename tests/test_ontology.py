@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from audiotl_jax import ontology as onto
+from audiotl_jax.data import ontology as onto
 from audiotl_jax.errors import UserError
 
 BALANCED = onto.DEFAULT_DIR / "balanced_train_segments.csv"
@@ -182,7 +182,7 @@ def test_label_set_similarity(ont):
 
 
 def test_default_dir_env_override(tmp_path):
-  code = "from audiotl_jax import ontology; print(ontology.DEFAULT_DIR)"
+  code = "from audiotl_jax.data import ontology; print(ontology.DEFAULT_DIR)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={"AUDIOTL_AUDIOSET_DIR": str(tmp_path), "PATH": ""})
   assert out.stdout.strip() == str(tmp_path)

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiotl_jax import models, peft
+from audiotl_jax import models
 from audiotl_jax.errors import UserError
-from audiotl_jax.models import petl as petl_lib
+from audiotl_jax.models import transfer
 
 
 def _strategy(model_name, spec, num_classes=50, frames=500, mel_bins=128, petl_config=None,
@@ -14,14 +14,15 @@ def _strategy(model_name, spec, num_classes=50, frames=500, mel_bins=128, petl_c
   """(model, strategy, param shapes) with the strategy's added modules; nothing allocated."""
   base = models.get_model(model_name, num_classes=num_classes, **overrides)
   family = model_name.partition(":")[0]
-  p = peft.plan(spec, family, width=base.embedding_dim, block_names=base.block_names(),
-                stem=getattr(base, "stem_names", tuple)(), petl_config=petl_config)
-  extra = {"petl": peft.make_petl(p)} if p.petl else {}
+  p = transfer.plan(spec, family, width=base.embedding_dim, block_names=base.block_names(),
+                    stem=getattr(base, "stem_names", tuple)(), petl_config=petl_config)
+  extra = {"petl": transfer.make_petl(p)} if p.petl else {}
   model = models.get_model(model_name, num_classes=num_classes, **overrides, **extra)
   shapes = models.param_shapes(model, frames=frames, mel_bins=mel_bins)
-  strategy = peft.make_strategy(spec, shapes["params"], shapes.get("batch_stats", {}),
-                                model.block_names(), family=family, width=base.embedding_dim,
-                                stem=getattr(base, "stem_names", tuple)(), petl_config=petl_config)
+  strategy = transfer.make_strategy(spec, shapes["params"], shapes.get("batch_stats", {}),
+                                    model.block_names(), family=family, width=base.embedding_dim,
+                                    stem=getattr(base, "stem_names", tuple)(),
+                                    petl_config=petl_config)
   return model, strategy, shapes
 
 
@@ -43,7 +44,7 @@ PETL_AST_COUNTS = {
 @pytest.mark.parametrize("spec,count", PETL_AST_COUNTS.items())
 def test_petl_ast_trainable_counts(spec, count):
   _, strategy, shapes = _strategy("ast:base", spec)
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == count
+  assert transfer.count_trainable(shapes["params"], strategy.trainable) == count
 
 
 def test_compat_reproduces_the_same_counts_with_its_own_head():
@@ -52,20 +53,21 @@ def test_compat_reproduces_the_same_counts_with_its_own_head():
   compat = {"petl_ast_compat": True}
   _, strategy, shapes = _strategy("ast:base", "linear", petl_config=compat)
   assert "norm" not in shapes["params"]["head"]
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == 39_986
+  assert transfer.count_trainable(shapes["params"], strategy.trainable) == 39_986
   model, strategy, shapes = _strategy("ast:base", "lora", petl_config={**compat,
                                                                        "lora_reduction": 64})
   assert set(shapes["params"]["block1"]["attn"]) >= {"lora_qk"}
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == 261_170
+  assert transfer.count_trainable(shapes["params"], strategy.trainable) == 261_170
   _, strategy, shapes = _strategy("ast:base", "pfeiffer:96", petl_config=compat)
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == 215_186
+  assert transfer.count_trainable(shapes["params"], strategy.trainable) == 215_186
   # BitFit: 12 x 8,448 block biases + the final LayerNorm's bias + the Dense head (the PETL_AST
   # code leaves the patch conv's bias and the final LayerNorm's scale frozen); ours adds both
   # LayerNorm + Dense of the head and the patch conv's bias.
   _, strategy, shapes = _strategy("ast:base", "bitfit", petl_config=compat)
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == 101_376 + 768 + 38_450
+  assert transfer.count_trainable(shapes["params"], strategy.trainable) == 101_376 + 768 + 38_450
   _, strategy, shapes = _strategy("ast:base", "bitfit")
-  assert peft.count_trainable(shapes["params"], strategy.trainable) == 101_376 + 768 * 2 + 39_986
+  assert transfer.count_trainable(shapes["params"],
+                                  strategy.trainable) == 101_376 + 768 * 2 + 39_986
 
 
 def test_layernorm_convention_is_selectable():
@@ -74,23 +76,23 @@ def test_layernorm_convention_is_selectable():
     counts = {}
     for norms in ("auto", "none", "all"):
       _, s, shapes = _strategy("ast:base", spec, petl_config={"train_norms": norms})
-      counts[norms] = peft.count_trainable(shapes["params"], s.trainable)
+      counts[norms] = transfer.count_trainable(shapes["params"], s.trainable)
     assert counts["auto"] == auto
     assert counts["all"] - counts["none"] == extra
 
 
 def test_masks_select_what_they_say():
   _, s, _ = _strategy("ast:base", "pfeiffer:96")
-  flat = {peft.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
+  flat = {transfer.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
   assert flat["block3/adapter_ffn/down/kernel"] and flat["block3/norm2/scale"]
   assert not flat["block3/norm1/scale"] and not flat["block3/attn/query/kernel"]
   assert not flat["embedding/pos_embed"] and not flat["encoder_norm/scale"]
   assert flat["head/norm/scale"] and flat["head/dense/kernel"]
   _, s, shapes = _strategy("ast:base", "bitfit")
-  flat = {peft.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
+  flat = {transfer.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
   assert all(t == (k.endswith("bias") or k.startswith("head/")) for k, t in flat.items())
   _, s, _ = _strategy("ast:base", "partial:4")
-  flat = {peft.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
+  flat = {transfer.path_str(p): t for p, t in jax.tree_util.tree_leaves_with_path(s.trainable)}
   assert not flat["embedding/proj/kernel"] and not flat["block4/fc1/kernel"]
   assert flat["block5/fc1/kernel"] and flat["encoder_norm/scale"] and flat["head/dense/bias"]
 
@@ -99,22 +101,22 @@ def test_masks_select_what_they_say():
 def test_conv_families_strategies(name):
   _, lin, shapes = _strategy(name, "linear", num_classes=10, frames=100, mel_bins=64)
   head = models.count_params(shapes["params"]["head"])
-  assert peft.count_trainable(shapes["params"], lin.trainable) == head
+  assert transfer.count_trainable(shapes["params"], lin.trainable) == head
   # BitFit on bias-free convs: BatchNorm shifts (+ Dense/GRU biases) + head; statistics frozen.
   _, bit, shapes = _strategy(name, "bitfit", num_classes=10, frames=100, mel_bins=64)
   shifts = sum(shapes["params"][b]["bn"]["bias"].size for b in ("block1", "block2", "block3",
                                                                 "block4"))
-  assert peft.count_trainable(shapes["params"], bit.trainable) >= head + shifts
+  assert transfer.count_trainable(shapes["params"], bit.trainable) >= head + shifts
   assert not bit.model_train and not any(jax.tree.leaves(bit.stats_trainable))
   model, conv, shapes = _strategy(name, "conv_adapter:4", num_classes=10, frames=100, mel_bins=64)
   adapter = shapes["params"]["block2"]["adapter"]
   c = model.channels[1]
   assert adapter["down"]["kernel"].shape == (1, 1, c, c // 4)
   n_adapters = sum(models.count_params(shapes["params"][b]["adapter"]) for b in model.block_names())
-  assert peft.count_trainable(shapes["params"], conv.trainable) == head + n_adapters
+  assert transfer.count_trainable(shapes["params"], conv.trainable) == head + n_adapters
   model, mlp, shapes = _strategy(name, "mlp:32", num_classes=10, frames=100, mel_bins=64)
   assert set(shapes["params"]["head"]) == {"hidden", "out"}
-  assert peft.count_trainable(shapes["params"], mlp.trainable) == models.count_params(
+  assert transfer.count_trainable(shapes["params"], mlp.trainable) == models.count_params(
       shapes["params"]["head"])
 
 
@@ -123,11 +125,11 @@ def test_unsupported_combination_says_so():
     with pytest.raises(UserError, match="not supported for model family 'cnn'.*supported for cnn"):
       _strategy("cnn:tiny", spec, num_classes=3, frames=32, mel_bins=16)
   with pytest.raises(UserError, match="known: .*lora.*partial"):
-    peft.plan("frobnicate", "ast", width=8)
+    transfer.plan("frobnicate", "ast", width=8)
   with pytest.raises(UserError, match="even"):
-    peft.plan("prefix:5", "ast", width=8)
+    transfer.plan("prefix:5", "ast", width=8)
   with pytest.raises(UserError, match="petl.reduction"):
-    peft.options({"reductoin": 3})
+    transfer.options({"reductoin": 3})
 
 
 SMALL = dict(depth=1, width=32, num_heads=2, mlp_dim=64)  # ast:tiny cut down: fast to compile
@@ -148,7 +150,7 @@ def test_added_modules_start_as_identity_and_train():
   variables = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
                            shapes)
   # Every kind of added module at once: one init and one forward/backward to compile.
-  p = petl_lib.Petl(lora_rank=4, lora_targets=("q", "v", "o"), adapter="houlsby", adapter_dim=4,
+  p = transfer.Petl(lora_rank=4, lora_targets=("q", "v", "o"), adapter="houlsby", adapter_dim=4,
                     conv_adapter_dim=4)
   model = models.get_model("ast:tiny", num_classes=3, petl=p, **SMALL)
 
@@ -158,12 +160,12 @@ def test_added_modules_start_as_identity_and_train():
     return model.apply({"params": params}, x, train=False)[0], jax.grad(loss)(params)
 
   full = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-  params, fresh = peft.transplant(variables["params"], full["params"], skip=())
+  params, fresh = transfer.transplant(variables["params"], full["params"], skip=())
   assert fresh and all("adapter" in f or "lora" in f for f in fresh)
   logits, grads = run(params, x)
   ref = jax.jit(lambda v, x: base.apply(v, x, train=False)[0])(variables, x)
   np.testing.assert_allclose(logits, ref, atol=1e-5)
-  flat = {peft.path_str(k): g for k, g in jax.tree_util.tree_leaves_with_path(grads)}
+  flat = {transfer.path_str(k): g for k, g in jax.tree_util.tree_leaves_with_path(grads)}
   ups = [k for k in flat if k.endswith(("up/kernel", "b/kernel"))]
   assert len(ups) == 6  # adapter_attn, adapter_ffn, conv_adapter, lora_q, lora_v, lora_o
   assert all(np.abs(flat[k]).max() > 0 for k in ups), [k for k in ups if not flat[k].any()]
@@ -173,7 +175,7 @@ def test_compat_adapters_never_train():
   # The PETL_AST code zeroes both projections: no gradient reaches either (kept for reproduction).
   x = jax.random.normal(jax.random.key(1), (2, 5, 8))
   for compat, moves in ((True, False), (False, True)):
-    adapter = petl_lib.Bottleneck(4, compat=compat)
+    adapter = transfer.Bottleneck(4, compat=compat)
 
     @jax.jit
     def init_and_grad(x):
@@ -188,16 +190,16 @@ def test_compat_adapters_never_train():
 
 def test_petl_config_validation():
   with pytest.raises(UserError, match="adapter_mode"):
-    petl_lib.Petl(adapter="houlsby", adapter_dim=4, adapter_mode="diagonal")
+    transfer.Petl(adapter="houlsby", adapter_dim=4, adapter_mode="diagonal")
   with pytest.raises(UserError, match="lora_targets"):
-    petl_lib.Petl(lora_rank=2, lora_targets=("x",))
-  assert petl_lib.bottleneck(768, 96) == 8 and petl_lib.bottleneck(768, 64) == 12
+    transfer.Petl(lora_rank=2, lora_targets=("x",))
+  assert transfer.bottleneck(768, 96) == 8 and transfer.bottleneck(768, 64) == 12
 
 
 def test_few_shot_selection(prepared):
   from audiotl_jax import config as config_lib
   from audiotl_jax.data import selection
-  from audiotl_jax.data.prepare import PreparedDataset
+  from audiotl_jax.data.dataset import PreparedDataset
   dataset = PreparedDataset(prepared["speech_commands"])
   dcfg = config_lib.load("configs/finetune.py").data
   with dcfg.unlocked():
@@ -215,7 +217,7 @@ def test_few_shot_selection(prepared):
 
 
 def test_adapter_checkpoint_roundtrip_and_backbone_check(tmp_path):
-  from audiotl_jax.train import checkpointing
+  from audiotl_jax.train import adapters
   rng = np.random.default_rng(0)
   backbone = {"block1": {"conv": {"kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32)}},
               "head": {"kernel": rng.standard_normal((4, 2)).astype(np.float32)}}
@@ -223,23 +225,23 @@ def test_adapter_checkpoint_roundtrip_and_backbone_check(tmp_path):
   params = {**backbone, "block1": {**backbone["block1"], "adapter": up}}
   trainable = {"block1": {"conv": {"kernel": False}, "adapter": {"up": {"kernel": True}}},
                "head": {"kernel": True}}
-  out = checkpointing.save_adapter(
+  out = adapters.save(
       tmp_path / "adapter", {"params": params, "batch_stats": {}},
       {"params": trainable, "batch_stats": {}}, {"strategy": "conv_adapter"},
-      {"path": "runs/backbone", "fingerprint": checkpointing.fingerprint(backbone)})
-  stored = np.load(out / checkpointing.ADAPTER_ARRAYS)
+      {"path": "runs/backbone", "fingerprint": adapters.fingerprint(backbone)})
+  stored = np.load(out / adapters.ADAPTER_ARRAYS)
   assert sorted(stored.files) == ["params/block1/adapter/up/kernel", "params/head/kernel"]
   fresh = jax.tree.map(np.zeros_like, params)
   fresh["block1"]["conv"] = backbone["block1"]["conv"]
-  variables, meta = checkpointing.load_adapter(out, {"params": fresh}, backbone_params=backbone)
+  variables, meta = adapters.load(out, {"params": fresh}, backbone_params=backbone)
   np.testing.assert_array_equal(variables["params"]["head"]["kernel"], params["head"]["kernel"])
   np.testing.assert_array_equal(variables["params"]["block1"]["adapter"]["up"]["kernel"], 1.0)
   assert meta["backbone"]["path"] == "runs/backbone" and meta["num_adapter_values"] == 16
   other = jax.tree.map(lambda a: a + 1, backbone)
   with pytest.raises(UserError, match="trained on the backbone runs/backbone"):
-    checkpointing.load_adapter(out, {"params": fresh}, backbone_params=other)
+    adapters.load(out, {"params": fresh}, backbone_params=other)
   with pytest.raises(UserError, match="no place in the model"):
-    checkpointing.load_adapter(out, {"params": backbone}, backbone_params=backbone)
+    adapters.load(out, {"params": backbone}, backbone_params=backbone)
 
 
 @pytest.mark.slow
@@ -248,8 +250,10 @@ def test_finetune_conv_adapter_few_shot_and_adapter_checkpoint(prepared, pretrai
   the count lands in the metadata, and the adapter-only export loads onto its backbone only."""
   from audiotl_jax import config as config_lib
   from audiotl_jax.data import selection
-  from audiotl_jax.data.prepare import PreparedDataset
-  from audiotl_jax.train import checkpointing, finetune
+  from audiotl_jax.data.dataset import PreparedDataset
+  from audiotl_jax.train import adapters as adapter_lib, checkpoints as checkpointing
+  from audiotl_jax.stages import finetune
+  from audiotl_jax.train import inference
   config = config_lib.load("configs/finetune.py:strategy=conv_adapter:4,runlocal")
   with config.unlocked():
     config.init = str(pretrained)
@@ -266,7 +270,7 @@ def test_finetune_conv_adapter_few_shot_and_adapter_checkpoint(prepared, pretrai
   assert counts.max() <= 2 and "2-shot" in sel.description
   np.testing.assert_array_equal(sel.train, selection.downstream(dataset, config.data).train)
 
-  results = finetune.train(config, tmp_path / "run")
+  results = finetune.run(config, tmp_path / "run")
   before, _, _ = checkpointing.load_model(pretrained)
   after, meta, _ = checkpointing.load_model(tmp_path / "run")
   adapters = sum(models.count_params(after["params"][b]["adapter"]) for b in
@@ -280,11 +284,11 @@ def test_finetune_conv_adapter_few_shot_and_adapter_checkpoint(prepared, pretrai
                                   after["batch_stats"][b]["bn"]["mean"])
   assert np.abs(after["params"]["block4"]["adapter"]["up"]["kernel"]).max() > 0
 
-  model, variables, ameta = peft.load_adapted(results["adapter"])
+  model, variables, ameta = inference.load_adapted(results["adapter"])
   assert ameta["strategy"] == "conv_adapter:4"
   for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)
   # Any other backbone is refused, by name of the one it needs.
   other = jax.tree.map(lambda a: a + 1.0, before)
   with pytest.raises(UserError, match="was trained on the backbone"):
-    checkpointing.load_adapter(results["adapter"], variables, backbone_params=other["params"])
+    adapter_lib.load(results["adapter"], variables, backbone_params=other["params"])

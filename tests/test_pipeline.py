@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 
 from audiotl_jax.data import pipeline, readers, records
-from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare
 from audiotl_jax.errors import UserError
 
 N = 12

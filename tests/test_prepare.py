@@ -8,9 +8,10 @@ import pytest
 import soundfile as sf
 
 from audiotl_jax.data import readers, records
-from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare
 from audiotl_jax.errors import UserError
-from audiotl_jax.ontology import Ontology
+from audiotl_jax.data.ontology import Ontology
 
 
 def _wav(path: Path, seconds=0.25, sr=8000, channels=1, value=None, subtype=None):
@@ -261,7 +262,7 @@ def test_prepared_dataset_errors(tmp_path):
 
 _SLOW_PREPARE = """
 import sys, time
-from audiotl_jax.data import prepare, readers
+from audiotl_jax.data import readers, shard_writer as prepare
 real = prepare.load_clip
 def slow(*args, **kw):  # a pace the test can kill in the middle of
   time.sleep(0.15)

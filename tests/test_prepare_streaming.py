@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from audiotl_jax.data import prepare as prepare_lib
+from audiotl_jax.data import shard_writer as prepare_lib
 from audiotl_jax.data import readers
 from audiotl_jax.data.diskindex import DiskIndex
-from audiotl_jax.data.prepare import PreparedDataset
+from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.data.readers.common import ProblemLog, Streamed
-from audiotl_jax.bench_prepare import write_layout
+from audiotl_jax.bench.prepare import write_layout
 from test_prepare import _check_consistent, _run, _wav
 
 

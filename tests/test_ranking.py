@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from audiotl_jax import ranking
+from audiotl_jax.analysis import ranking
 from audiotl_jax.errors import UserError
 
 

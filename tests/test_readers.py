@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from audiotl_jax.data import pipeline, readers
-from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare
 from audiotl_jax.errors import UserError
-from audiotl_jax.ontology import Ontology
+from audiotl_jax.data.ontology import Ontology
 from test_prepare import _check_consistent, _official_csv, _wav
 
 SPEECH, MUSIC, DOG = "/m/09x0r", "/m/04rlf", "/m/0bt9lr"
@@ -23,7 +24,7 @@ def _prepare(listing, out, clip=0.5):
 def _finetune(data_dir, workdir, clip=0.5):
   """Two steps of full fine-tuning from scratch: the whole path a user's layout takes."""
   from audiotl_jax import config as config_lib
-  from audiotl_jax.train import finetune
+  from audiotl_jax.stages import finetune
   config = config_lib.load("configs/finetune.py:strategy=full,model=cnn:tiny,runlocal")
   with config.unlocked():
     config.data.dir = str(data_dir)
@@ -34,7 +35,7 @@ def _finetune(data_dir, workdir, clip=0.5):
     config.frontend.n_mels = 32
     config.frontend.norm_batches = 1
     config.progress = False
-  return finetune.train(config, workdir)
+  return finetune.run(config, workdir)
 
 
 def _first_batch(out, target="class", split="train"):
@@ -275,7 +276,7 @@ def test_class_folders(tmp_path, finetune=False):
 
 
 def test_prepare_cli_passes_reader_options(tmp_path):
-  from audiotl_jax import main
+  from audiotl_jax import cli as main
   root = tmp_path / "tau2020"
   _scenes_2020(root)
   assert main.main(["prepare", "--config", "configs/prepare.py:reader=dcase2020_task1a",

@@ -7,7 +7,8 @@ import numpy as np
 import soundfile as sf
 
 from audiotl_jax.data import readers, records
-from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare
 from test_prepare import _check_consistent, _wav
 
 SPEECH, MUSIC = "/m/09x0r", "/m/04rlf"

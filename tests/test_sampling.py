@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiotl_jax import frontend
+from audiotl_jax.features import augment
 from audiotl_jax.data import pipeline, readers, records, sampling
-from audiotl_jax.data.prepare import PreparedDataset, prepare
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare
 from audiotl_jax.errors import UserError
 from conftest import tiny_pretrain_config
 
@@ -93,22 +94,23 @@ def test_weighted_stream_resumes_and_shards(ds):
 
 def test_random_gain():
   x = jax.numpy.ones((64, 10))
-  y = frontend.random_gain(jax.random.PRNGKey(0), x, max_db=6.0)
+  y = augment.random_gain(jax.random.PRNGKey(0), x, max_db=6.0)
   gains_db = 20 * np.log10(np.asarray(y[:, 0]))
   assert gains_db.min() >= -6.0 - 1e-4 and gains_db.max() <= 6.0 + 1e-4 and gains_db.std() > 2
   np.testing.assert_allclose(y, y[:, :1] * np.ones((1, 10)), rtol=1e-6)  # one gain per clip
-  np.testing.assert_array_equal(frontend.random_gain(jax.random.PRNGKey(0), x, max_db=0.0), x)
-  np.testing.assert_array_equal(y, frontend.random_gain(jax.random.PRNGKey(0), x, max_db=6.0))
+  np.testing.assert_array_equal(augment.random_gain(jax.random.PRNGKey(0), x, max_db=0.0), x)
+  np.testing.assert_array_equal(y, augment.random_gain(jax.random.PRNGKey(0), x, max_db=6.0))
 
 
 @pytest.mark.slow  # ~40 s on 2 cores; the pipeline-level resume test above is the fast check
 def test_pretrain_resume_with_balanced_sampling_and_augmentation(prepared, tmp_path):
-  from audiotl_jax.train import metrics, pretrain
+  from audiotl_jax.train import metrics
+  from audiotl_jax.stages import pretrain
   kw = {"data.balanced": True, "augment.mixup_alpha": 0.4, "augment.gain_db": 6.0}
-  whole = pretrain.train(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "whole")
-  assert pretrain.train(tiny_pretrain_config(prepared["audioset"], stop_at=2, **kw),
+  whole = pretrain.run(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "whole")
+  assert pretrain.run(tiny_pretrain_config(prepared["audioset"], stop_at=2, **kw),
                         tmp_path / "parts") == {"stopped_at": 2}
-  pretrain.train(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "parts")
+  pretrain.run(tiny_pretrain_config(prepared["audioset"], **kw), tmp_path / "parts")
 
   def losses(workdir):
     return [r["train_loss"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from audiotl_jax import report, scaling
+from audiotl_jax.analysis import report
+from audiotl_jax.analysis import scaling
 
 
 def _pre(subset, fraction, seed, clips, mAP):

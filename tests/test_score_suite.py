@@ -3,9 +3,9 @@ import jax
 import numpy as np
 import pytest
 
-from audiotl_jax import transferability as tr
+from audiotl_jax import scores as tr
 from audiotl_jax.errors import UserError
-from audiotl_jax.transferability import reference as ref
+from audiotl_jax.bench import reference as ref
 
 
 def clusters(n, d, c, *, spread=1.0, seed=0, offset=5.0):

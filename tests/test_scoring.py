@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from audiotl_jax import main as cli, scoring
+from audiotl_jax import cli
+from audiotl_jax.stages import score as scoring
 from audiotl_jax.errors import UserError
 
 
@@ -12,7 +13,7 @@ NAMES = ["nc_score", "logme", "leep", "nce", "hscore", "gbc", "transrate", "logm
 
 
 def _common(prepared, pretrained, names=NAMES):
-  from audiotl_jax.data.prepare import PreparedDataset
+  from audiotl_jax.data.dataset import PreparedDataset
   splits = PreparedDataset(prepared["speech_commands"]).manifest["splits"]
   return dict(checkpoints={"a": pretrained}, dataset_dir=prepared["speech_commands"],
               split="train", layers=["embedding", "block2:max"], scores=names, batch_size=8,

@@ -3,10 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from audiotl_jax import transferability as tr
+from audiotl_jax import scores as tr
 from audiotl_jax.errors import UserError
 from audiotl_jax.train import mesh as mesh_lib
-from audiotl_jax.transferability import streaming
+from audiotl_jax.scores import streaming
 
 
 def data(n=203, d=12, c=4, z=6, seed=0):

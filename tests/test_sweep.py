@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from audiotl_jax import main as main_lib
-from audiotl_jax import sweep as sweep_lib
+from audiotl_jax import cli as main_lib
+from audiotl_jax.launch import sweep as sweep_lib
 from audiotl_jax.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

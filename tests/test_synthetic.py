@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiotl_jax import ontology as onto
+from audiotl_jax.data import ontology as onto
 from audiotl_jax.data import synthetic
 from audiotl_jax.errors import UserError
 

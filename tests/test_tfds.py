@@ -14,7 +14,8 @@ import soundfile as sf
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from audiotl_jax.data import readers, records  # noqa: E402
-from audiotl_jax.data.prepare import PreparedDataset, prepare  # noqa: E402
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data.shard_writer import prepare  # noqa: E402
 from audiotl_jax.errors import UserError  # noqa: E402
 
 SR = 16000
@@ -146,7 +147,7 @@ def test_prepare_reads_tfds_audio(built, tmp_path):
 def test_cli_prepare_with_workers_then_fine_tune(built, tmp_path):
   """No code: `audiotl prepare` with the tfds reader (spawned workers reopen the TFDS source
   themselves), then `audiotl finetune` for two steps on what it wrote."""
-  from audiotl_jax.main import main as cli
+  from audiotl_jax.cli import main as cli
   out = tmp_path / "prepared"
   assert cli(["prepare", "--config", "configs/prepare.py:reader=tfds_speech_commands",
               f"--config.root={built['data_dir']}", "--config.num_workers=2",

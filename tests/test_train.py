@@ -8,7 +8,10 @@ import pytest
 
 from audiotl_jax import models
 from audiotl_jax.errors import UserError
-from audiotl_jax.train import checkpointing, mesh as mesh_lib, metrics, state as state_lib, steps
+from audiotl_jax.features import featurizer
+from audiotl_jax.train import mesh as mesh_lib, metrics, state as state_lib
+from audiotl_jax.train import checkpoints as checkpointing
+from audiotl_jax.train import step as steps
 from configs import common
 from conftest import tiny_pretrain_config
 
@@ -23,7 +26,7 @@ def _batch(rng, batch=16, samples=4000, classes=5):
 
 def _run_steps(num_devices, batch, num_steps=2):
   model = models.get_model("cnn:tiny", num_classes=5)
-  featurize = steps.make_featurizer(FRONTEND, {"mean": -30.0, "std": 15.0})
+  featurize = featurizer.make_featurizer(FRONTEND, {"mean": -30.0, "std": 15.0})
   tx = state_lib.make_optimizer(common.optim(1e-3), total_steps=10)
   mesh = mesh_lib.make_mesh(num_devices)
   state, shardings = state_lib.create(model, tx, mesh, frames=26, n_mels=32, seed=0)
@@ -54,13 +57,13 @@ def test_train_step_compiles_once(devices):
 
 
 def test_pretrain_resume_matches_uninterrupted(prepared, tmp_path):
-  from audiotl_jax.train import pretrain
+  from audiotl_jax.stages import pretrain
   whole, parts = tmp_path / "whole", tmp_path / "parts"
-  pretrain.train(tiny_pretrain_config(prepared["audioset"]), whole)
-  out = pretrain.train(tiny_pretrain_config(prepared["audioset"], stop_at=2), parts)
+  pretrain.run(tiny_pretrain_config(prepared["audioset"]), whole)
+  out = pretrain.run(tiny_pretrain_config(prepared["audioset"], stop_at=2), parts)
   assert out == {"stopped_at": 2}
   assert checkpointing.finished_steps(parts / "checkpoints") == [2]
-  pretrain.train(tiny_pretrain_config(prepared["audioset"]), parts)
+  pretrain.run(tiny_pretrain_config(prepared["audioset"]), parts)
 
   def losses(workdir):
     rows = [r for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "train_loss" in r]
@@ -86,17 +89,17 @@ def test_pretrain_resume_matches_uninterrupted(prepared, tmp_path):
   for a, b in zip(jax.tree.leaves(mw), jax.tree.leaves(mp)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # A finished workdir is not trained again.
-  again = pretrain.train(tiny_pretrain_config(prepared["audioset"]), whole)
+  again = pretrain.run(tiny_pretrain_config(prepared["audioset"]), whole)
   assert again["total_steps"] == 4
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good(prepared, tmp_path):
-  from audiotl_jax.train import pretrain
+  from audiotl_jax.stages import pretrain
   config = tiny_pretrain_config(prepared["audioset"])
   with config.unlocked():
     config.optim.lr = float("nan")
   with pytest.raises(steps.TrainingDiverged, match="non-finite at step 1"):
-    pretrain.train(config, tmp_path)
+    pretrain.run(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists() or \
       checkpointing.finished_steps(tmp_path / "checkpoints") == []
 
@@ -122,8 +125,8 @@ def _finetune_config(prepared, pretrained, strategy, **overrides):
 ])
 def test_finetune_strategy_freezes_what_it_says(prepared, pretrained, tmp_path, strategy, frozen,
                                                 trained):
-  from audiotl_jax.train import finetune
-  results = finetune.train(_finetune_config(prepared, pretrained, strategy), tmp_path)
+  from audiotl_jax.stages import finetune
+  results = finetune.run(_finetune_config(prepared, pretrained, strategy), tmp_path)
   assert results["metric"] == "accuracy" and 0.0 <= results["test"]["accuracy"] <= 1.0
   assert json.loads((tmp_path / "results.json").read_text())["strategy"] == strategy
   before, _, _ = checkpointing.load_model(pretrained)
@@ -144,24 +147,25 @@ def test_finetune_strategy_freezes_what_it_says(prepared, pretrained, tmp_path, 
 
 
 def test_finetune_rejects_test_split_as_validation(prepared, pretrained, tmp_path):
-  from audiotl_jax.train import finetune
+  from audiotl_jax.stages import finetune
   config = _finetune_config(prepared, pretrained, "linear")
   with config.unlocked():
     config.data.val_split = "test"
   with pytest.raises(UserError, match="same split"):
-    finetune.train(config, tmp_path)
+    finetune.run(config, tmp_path)
 
 
 def test_unknown_strategy_lists_known(prepared, pretrained, tmp_path):
-  from audiotl_jax.train import finetune
+  from audiotl_jax.stages import finetune
   with pytest.raises(UserError, match="known: bitfit, conv_adapter, deep_prompt, full"):
-    finetune.train(_finetune_config(prepared, pretrained, "frobnicate"), tmp_path)
+    finetune.run(_finetune_config(prepared, pretrained, "frobnicate"), tmp_path)
   with pytest.raises(UserError, match="'lora' is not supported for model family 'cnn'"):
-    finetune.train(_finetune_config(prepared, pretrained, "lora"), tmp_path / "lora")
+    finetune.run(_finetune_config(prepared, pretrained, "lora"), tmp_path / "lora")
 
 
 def test_embed_and_score(prepared, pretrained, tmp_path):
-  from audiotl_jax import embedding, scoring
+  from audiotl_jax.stages import embed as embedding
+  from audiotl_jax.stages import score as scoring
   embedding.embed(checkpoint=pretrained, dataset_dir=prepared["speech_commands"],
                   splits=["train", "test"], layers=["embedding", "block2"], pooling="mean",
                   out_dir=tmp_path / "emb", batch_size=8, progress=False)
@@ -187,8 +191,9 @@ def test_finetune_binary_detection_reports_auroc(tmp_path):
   """A two-class CSV manifest is a detection task: BCE on one output, AUROC on the test split."""
   import soundfile as sf
   from audiotl_jax import config as config_lib
-  from audiotl_jax.data import prepare, readers
-  from audiotl_jax.train import finetune
+  from audiotl_jax.data import readers
+  from audiotl_jax.data import shard_writer as prepare
+  from audiotl_jax.stages import finetune
   rng = np.random.default_rng(0)
   rows = ["path,label"]
   for i in range(40):
@@ -212,7 +217,7 @@ def test_finetune_binary_detection_reports_auroc(tmp_path):
     config.eval_every = 2
     config.frontend.n_mels = 32
     config.progress = False
-  results = finetune.train(config, tmp_path / "run")
+  results = finetune.run(config, tmp_path / "run")
   assert results["metric"] == "auroc" and results["task"] == "binary"
   assert 0.0 <= results["test"]["auroc"] <= 1.0
   _, meta, _ = checkpointing.load_model(tmp_path / "run")

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from audiotl_jax import transferability as tr
+from audiotl_jax import scores as tr
 from audiotl_jax.errors import UserError
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from audiotl_jax.data import records, sampling
-from audiotl_jax.data.prepare import PreparedDataset
+from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError
 
 TARGETS = ("multihot", "class")

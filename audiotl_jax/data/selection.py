@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from audiotl_jax import ontology as ontology_lib
+from audiotl_jax.data import ontology as ontology_lib
 from audiotl_jax.errors import UserError
 
 

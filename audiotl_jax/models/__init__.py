@@ -8,27 +8,34 @@ the fine-tuning code freezes by regex.
 """
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from audiotl_jax.errors import UserError, unknown_name
-from audiotl_jax.models import ast, cnn, crnn, dcase_cnn
+from audiotl_jax.models import ast, common, convnets
 
-# family -> (module class, module holding VARIANTS / DEFAULT_VARIANT / decode_variant).
+
+class _Family(NamedTuple):
+  cls: type
+  variants: Mapping[str, Mapping[str, Any]]
+  default_variant: str
+  # (frames, mel bins) `describe_models` counts at: AST's position embeddings depend on it.
+  default_input: tuple[int, int] = (100, 64)
+
+
+# family -> how to build it; the order is the order `list_models` prints.
 _FAMILIES = {
-    cnn.FAMILY: (cnn.Cnn, cnn),
-    crnn.FAMILY: (crnn.Crnn, crnn),
-    dcase_cnn.FAMILY: (dcase_cnn.DcaseCnn, dcase_cnn),
-    ast.FAMILY: (ast.Ast, ast),
+    **{c.FAMILY: _Family(c, c.VARIANTS, c.DEFAULT_VARIANT) for c in convnets.FAMILIES},
+    ast.FAMILY: _Family(ast.Ast, ast.VARIANTS, ast.DEFAULT_VARIANT, ast.DEFAULT_INPUT),
 }
 
 
 def list_models() -> list[str]:
   """Every registered `family:variant`, in registry order."""
-  return [f"{family}:{v}" for family, (_, mod) in _FAMILIES.items() for v in mod.VARIANTS]
+  return [f"{name}:{v}" for name, family in _FAMILIES.items() for v in family.variants]
 
 
 def _fields(cls) -> list[str]:
@@ -40,8 +47,8 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
   family, _, variant = name.strip().partition(":")
   if family not in _FAMILIES:
     raise unknown_name("model", name, list_models())
-  cls, mod = _FAMILIES[family]
-  config = mod.decode_variant(variant if variant else mod.DEFAULT_VARIANT)
+  cls, variants, default_variant, _ = _FAMILIES[family]
+  config = common.decode_variant(family, variants, variant if variant else default_variant)
   known = _fields(cls)
   for key, value in overrides.items():
     if key == "num_classes" or key not in known:
@@ -79,8 +86,7 @@ def describe_models(num_classes: int, frames: int | None = None,
   """
   rows = []
   for name in list_models():
-    mod = _FAMILIES[name.partition(":")[0]][1]
-    f, m = getattr(mod, "DEFAULT_INPUT", (100, 64))
+    f, m = _FAMILIES[name.partition(":")[0]].default_input
     shapes = param_shapes(get_model(name, num_classes=num_classes), frames or f, mel_bins or m)
     rows.append((name, count_params(shapes["params"])))
   return rows

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiotl_jax.errors import UserError
-from audiotl_jax.models import common, petl as petl_lib
+from audiotl_jax.models import common
+from audiotl_jax.models.transfer import layers as petl_lib
 
 FAMILY = "ast"
 DEFAULT_VARIANT = "base"

@@ -4,13 +4,14 @@ Layout: features arrive as (batch, frames, mel_bins) and are treated as a one-ch
 NHWC, so height is time and width is frequency. Every conv block halves both axes.
 """
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from audiotl_jax.errors import UserError, unknown_name
+from audiotl_jax.models.transfer import layers as transfer_layers
 
 # PyTorch's BatchNorm2d momentum 0.1 (the reference models are PyTorch) is Flax's 0.9: Flax
 # weights the old running value, PyTorch the new batch value.
@@ -81,30 +82,8 @@ class ConvBlock(nn.Module):
                      dtype=self.dtype, name="bn")(x)
     x = pool2x2(nn.relu(x))
     if self.adapter_reduction:
-      from audiotl_jax.models import petl  # Local: petl imports nothing from here.
-      x = petl.ConvMapAdapter(petl.bottleneck(self.features, self.adapter_reduction),
-                              dtype=self.dtype, name="adapter")(x)
+      x = transfer_layers.ConvMapAdapter(
+          transfer_layers.bottleneck(self.features, self.adapter_reduction), dtype=self.dtype,
+          name="adapter")(x)
     return x
 
-
-def conv_trunk(x, channels: Sequence[int], kernel_size: int, dtype, *, train: bool,
-               out: dict, petl=None) -> jnp.ndarray:
-  """Runs blocks `block1..blockN` (created in the caller's scope) and records each output.
-
-  Must be called from inside the caller's compact method so the blocks are top-level children
-  named `blockK`, which is what the fine-tuning regexes freeze.
-  """
-  for name, features in zip(block_names(len(channels)), channels):
-    x = ConvBlock(features, kernel_size=kernel_size, dtype=dtype, name=name,
-                  adapter_reduction=petl.conv_reduction if petl else 0.0)(x, train=train)
-    out[name] = x
-  return x
-
-
-def head(num_classes: int, petl, dtype) -> nn.Module:
-  """The classifier, named `head`: Dense, or the PETL MLP when `petl.head_hidden` is set."""
-  if petl is not None and petl.head_hidden:
-    from audiotl_jax.models import petl as petl_lib
-    return petl_lib.MlpHead(petl.head_hidden, num_classes, dtype, name="head")
-  return nn.Dense(num_classes, kernel_init=nn.initializers.xavier_uniform(), dtype=dtype,
-                  name="head")

@@ -52,19 +52,6 @@ def make_optimizer(optim, total_steps: int, trainable=None) -> optax.GradientTra
   return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
 
 
-def keep_finite(new: TrainState, old: TrainState, finite: jax.Array) -> TrainState:
-  """Takes the update only when the loss and gradients were finite.
-
-  A non-finite step leaves the state as it was, so a checkpoint can never hold NaNs; the loop
-  notices the flag at its next log step and stops with a clear error.
-  """
-  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-
-def count(tree) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(tree)))
-
-
 def create(model, tx, mesh, *, frames: int, n_mels: int, seed: int, params=None,
            batch_stats=None):
   """The initial state, laid out on the mesh; `params`/`batch_stats` (host trees) replace the

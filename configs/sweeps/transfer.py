@@ -12,7 +12,8 @@ the pre-training). Runs are named `<state>-<strategy>`, the layout `audiotl repo
 """
 import ml_collections
 
-from audiotl_jax import sweep
+
+from audiotl_jax import config as config_lib
 from audiotl_jax.config import parse_arg
 
 
@@ -23,7 +24,7 @@ def get_config(arg=None):
   c.stage = "finetune"
   c.base = f"finetune.py:model={arg.model}"
   c.axes = (
-      ("init", sweep.finished(f"{arg.pretrained}/*")),
+      ("init", config_lib.finished_runs(f"{arg.pretrained}/*")),
       # The config argument, not the `strategy` key: the argument also picks the strategy's
       # learning rate and whether SpecAugment is on.
       (":strategy", tuple(arg.strategies.split("+"))),

@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 
 from audiotl_jax.data.diskindex import DiskIndex
-from audiotl_jax.data.readers.common import (DatasetListing, Item, ProblemLog, Streamed,
-                                             audio_files, problem, require_dir, require_file)
-from audiotl_jax.ontology import Ontology
+from audiotl_jax.data.readers.common import (DatasetListing, Item, ProblemLog, Streamed, audio_files, problem, require_dir, require_file)
+from audiotl_jax.data.ontology import Ontology
 
 OFFICIAL = {"balanced_train": "balanced_train_segments.csv",
             "unbalanced_train": "unbalanced_train_segments.csv",

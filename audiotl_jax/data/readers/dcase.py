@@ -16,9 +16,7 @@ import collections
 import os
 from pathlib import Path
 
-from audiotl_jax.data.readers.common import (LEGACY_NOTE, DatasetListing, FolderIndex, Item, carve,
-                                             check_validation, legacy_validation, problem,
-                                             read_table, require_dir)
+from audiotl_jax.data.readers.common import (LEGACY_NOTE, DatasetListing, FolderIndex, Item, carve, check_validation, legacy_validation, problem, read_table, require_dir)
 from audiotl_jax.errors import UserError, unknown_name
 
 

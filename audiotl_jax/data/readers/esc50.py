@@ -9,9 +9,7 @@ protocol that reports the best epoch on the test fold: explicit, and noted in th
 """
 from pathlib import Path
 
-from audiotl_jax.data.readers.common import (LEGACY_NOTE, DatasetListing, FolderIndex, Item, carve,
-                                             check_validation, legacy_validation, problem,
-                                             read_table, require_dir)
+from audiotl_jax.data.readers.common import (LEGACY_NOTE, DatasetListing, FolderIndex, Item, carve, check_validation, legacy_validation, problem, read_table, require_dir)
 from audiotl_jax.errors import UserError
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")

@@ -8,9 +8,7 @@ import csv
 import os
 from pathlib import Path
 
-from audiotl_jax.data.readers.common import (AUDIO_EXTENSIONS, DatasetListing, FolderIndex, Item,
-                                             audio_files, carve, problem, require_dir,
-                                             require_file)
+from audiotl_jax.data.readers.common import (AUDIO_EXTENSIONS, DatasetListing, FolderIndex, Item, audio_files, carve, problem, require_dir, require_file)
 from audiotl_jax.errors import UserError
 
 SPLIT_FOLDERS = ("train", "validation", "test")

@@ -15,8 +15,7 @@ from typing import Iterable
 import numpy as np
 import soundfile as sf
 
-from audiotl_jax.data.readers.common import (DatasetListing, Item, problem, require_dir,
-                                             require_file)
+from audiotl_jax.data.readers.common import DatasetListing, Item, problem, require_dir, require_file
 from audiotl_jax.errors import UserError, unknown_name
 
 # The order of TFDS `speech_commands`, so that class indices agree with it.

@@ -1,0 +1,86 @@
+"""A folder written by `audiotl prepare`, opened through its manifest (the read side of
+`shard_writer`): splits, labels of every record without reading audio, the JSONL logs, and
+random access to the records for Grain.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from audiotl_jax.errors import UserError
+
+# /2: the skipped files, problems and notes moved from the manifest into JSONL files.
+FORMAT = "audiotl-arrayrecord/2"
+LOGS = ("skipped", "problems", "notes")
+
+
+class PreparedDataset:
+  """A directory written by `prepare`, opened through its manifest."""
+
+  def __init__(self, path):
+    self.path = Path(path)
+    manifest_path = self.path / "manifest.json"
+    if not self.path.is_dir():
+      raise UserError(f"prepared dataset {self.path}: no such directory (run prepare first)")
+    try:
+      self.manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+      raise UserError(f"prepared dataset {self.path}: no manifest.json (prepare did not finish "
+                      "there, or this is not a prepared dataset)") from None
+    except json.JSONDecodeError as e:
+      raise UserError(f"{manifest_path}: not valid JSON ({e})") from None
+    found = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+    if found == "audiotl-arrayrecord/1":
+      raise UserError(f"{manifest_path}: prepared by an older audiotl (format {found!r}); run "
+                      "prepare again into the same directory (its finished shards are kept)")
+    if found != FORMAT:
+      raise UserError(f"{manifest_path}: expected format {FORMAT!r}, got {found!r}")
+    self._labels = {}
+
+  classes = property(lambda self: self.manifest["classes"])
+  num_classes = property(lambda self: len(self.manifest["classes"]))
+  sample_rate = property(lambda self: self.manifest["sample_rate"])
+  task = property(lambda self: self.manifest["task"])
+  splits = property(lambda self: list(self.manifest["splits"]))
+
+  def _split(self, split: str) -> dict:
+    if split not in self.manifest["splits"]:
+      raise UserError(f"prepared dataset {self.path} has no split {split!r}; "
+                      f"splits: {', '.join(self.splits)}")
+    return self.manifest["splits"][split]
+
+  def num_records(self, split: str) -> int:
+    return self._split(split)["num_records"]
+
+  def _labels_npz(self, split: str) -> dict:
+    self._split(split)
+    if split not in self._labels:
+      with np.load(self.path / f"{split}.labels.npz") as z:
+        self._labels[split] = {k: z[k] for k in ("ids", "offsets", "values")}
+    return self._labels[split]
+
+  def labels_csr(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 (n+1,), values int32): record i has labels values[offsets[i]:offsets[i+1]]."""
+    z = self._labels_npz(split)
+    return z["offsets"], z["values"]
+
+  def labels(self, split: str) -> list[np.ndarray]:
+    offsets, values = self.labels_csr(split)
+    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+  def ids(self, split: str) -> np.ndarray:
+    return self._labels_npz(split)["ids"]
+
+  def log(self, name: str):
+    """The records of one of the JSONL logs (`LOGS`: skipped, problems, notes), one at a time."""
+    if name not in LOGS:
+      raise UserError(f"prepared dataset {self.path}: no log {name!r}; logs: {', '.join(LOGS)}")
+    with open(self.path / self.manifest["logs"][name], encoding="utf-8") as f:
+      for line in f:
+        yield json.loads(line)
+
+  def source(self, split: str):
+    """Random access to the records of `split`: record i is entry i of `labels(split)`."""
+    import grain  # pylint: disable=g-import-not-at-top  (workers of prepare never need it)
+    return grain.sources.ArrayRecordDataSource(
+        [str(self.path / name) for name in self._split(split)["shards"]])

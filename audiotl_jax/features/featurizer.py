@@ -1,0 +1,50 @@
+"""The configured front end as one function, called inside the jitted train and predict steps.
+
+Waveforms arrive as int16 and become features on the device: PCM to float, (training only) a
+random gain, log-mel or AST's fbank, normalisation, then (training only) SpecAugment. mixup
+needs the labels too, so the train step applies it. Config block `frontend` picks the kind
+(`logmel`, or `fbank` for AST) and its sizes.
+"""
+import jax
+
+from audiotl_jax.features import fbank
+from audiotl_jax.features import logmel
+from audiotl_jax.features.augment import random_gain
+from audiotl_jax.features.augment import spec_augment
+from audiotl_jax.features.normalization import normalize
+
+
+def make_featurizer(fcfg, norm: dict | None):
+  """Returns `featurize(audio_int16, rng, train)` -> normalised (batch, frames, n_mels)."""
+  mean = float(norm["mean"]) if norm else 0.0
+  std = float(norm["std"]) if norm else 1.0
+
+  def featurize(audio, rng=None, train=False, augment=None):
+    x = logmel.pcm_to_float(audio)
+    if train and augment is not None and augment.get("gain_db", 0.0) > 0:
+      # Its own key, so turning gain on leaves SpecAugment's masks as they were.
+      x = random_gain(jax.random.fold_in(rng, 1), x, max_db=augment.gain_db)
+    if fcfg.get("kind", "logmel") == "fbank":
+      # AST's Kaldi fbank: padded to the target frames, then (x - mean) / (2 * std).
+      f = fbank.ast_features(x, sample_rate=fcfg.sample_rate, num_mel_bins=fcfg.n_mels,
+                             target_frames=fcfg.get("target_frames", 0),
+                             mean=mean if norm else None, std=std)
+    else:
+      f = logmel.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,
+                         fmin=fcfg.fmin, fmax=fcfg.fmax or None)
+      f = normalize(f, mean, std)
+    if train and augment is not None and augment.specaugment:
+      f = spec_augment(
+          rng, f, freq_masks=augment.freq_masks, freq_width=augment.freq_width,
+          time_masks=augment.time_masks, time_width=augment.time_width)
+    return f
+
+  return featurize
+
+
+def feature_frames(fcfg, num_samples: int) -> int:
+  """Frames the configured frontend (`kind` logmel or fbank) makes from `num_samples`."""
+  if fcfg.get("kind", "logmel") == "fbank":
+    target = int(fcfg.get("target_frames", 0))
+    return target if target > 0 else fbank.num_frames(num_samples, fcfg.sample_rate)
+  return logmel.num_frames(num_samples, fcfg.hop_length)

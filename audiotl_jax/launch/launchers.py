@@ -1,0 +1,136 @@
+"""The launchers of `audiotl sweep`: run the planned runs here, or write a SLURM job array or a
+TPU-VM script that runs them there.
+
+Each takes the runs still to do (see `sweep.Run`: name, args, workdir) and never decides what is
+done: that is the plan's job, and every stage skips or resumes from its own workdir anyway, so a
+script started twice, or a task requeued, does no work twice.
+"""
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The audiotl of the environment that writes the scripts (a venv of the checkout, or wherever
+# audiotl-jax is installed); AUDIOTL=... overrides it in the scripts.
+AUDIOTL_BIN = Path(sys.prefix) / "bin" / "audiotl"
+
+
+def _clock(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def _last_line(log: Path) -> str:
+  lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+  return lines[-1].strip() if lines else ""
+
+
+def run_local(runs: list, workdir: Path, *, record=lambda: None, executable=None) -> int:
+  """Runs the pending runs one after another, each in its own process, logging to logs/.
+
+  A failed run is recorded and the next one starts: in a long sweep one bad run must not cost
+  the night. `record()` rewrites sweep.json; `executable` replaces `python -m audiotl_jax`
+  (tests use a cheap stand-in).
+  """
+  executable = list(executable or [sys.executable, "-m", "audiotl_jax"])
+  todo = [r for r in runs if r.status in ("new", "resume")]
+  (workdir / "logs").mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
+  for i, run in enumerate(todo):
+    log = workdir / "logs" / f"{run.name}.log"
+    verb = "resuming" if run.status == "resume" else "starting"
+    print(f"sweep: [{i + 1}/{len(todo)}] {verb} {run.name} (elapsed {_clock(time.time() - t0)})",
+          flush=True)
+    start = time.time()
+    with open(log, "w") as out:
+      code = subprocess.call([*executable, *run.args], stdout=out, stderr=subprocess.STDOUT)
+    run.seconds, run.exit_code, run.log = round(time.time() - start, 1), code, str(log)
+    run.status = "finished" if code == 0 else "failed"
+    if code:
+      print(f"sweep: [{i + 1}/{len(todo)}] {run.name} FAILED (exit {code}): {_last_line(log)}; "
+            f"log: {log}", flush=True)
+    record()  # after every run: a killed sweep leaves a true record
+  _summary(runs, time.time() - t0)
+  return 1 if any(r.status == "failed" for r in runs) else 0
+
+
+def _summary(runs: list, seconds: float) -> None:
+  count = {s: sum(r.status == s for r in runs) for s in
+           ("finished", "failed", "done", "excluded")}
+  print(f"sweep: {count['finished']} finished, {count['failed']} failed, {count['done']} skipped "
+        f"(already done), {count['excluded']} excluded, in {_clock(seconds)}")
+  width = max(len(r.name) for r in runs)
+  print(f"  {'run':<{width}}  {'status':<9} {'seconds':>8}  log")
+  for r in runs:
+    secs = f"{r.seconds:.0f}" if r.seconds is not None else "-"
+    print(f"  {r.name:<{width}}  {r.status:<9} {secs:>8}  {r.log or ''}")
+
+
+def _array_cases(todo: list) -> str:
+  return "\n".join(f"  {i}) args=({shlex.join(r.args)}) ;;" for i, r in enumerate(todo))
+
+
+def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) -> Path:
+  """A SLURM job array with launch/slurm.sbatch's conventions; the commands are inside the
+  script, so re-planning the sweep (which rewrites runs.txt) cannot shift a queued task."""
+  logs = (workdir / "logs").resolve()
+  logs.mkdir(parents=True, exist_ok=True)  # SLURM does not create the --output folder
+  throttle = f"%{max_parallel}" if max_parallel else ""
+  path = workdir / "sweep.sbatch"
+  path.write_text(f"""#!/usr/bin/env bash
+# audiotl sweep --config {spec}
+# {len(todo)} runs as a SLURM job array: task i runs line i+1 of runs.txt. Give each task its
+# resources when submitting, e.g.
+#   sbatch --nodes=1 --gpus-per-node=4 {path}
+# As launch/slurm.sbatch: one process per GPU, AUDIOTL_DISTRIBUTED=1, requeue-safe (a requeued
+# task resumes from its workdir; a finished run returns at once). Set AUDIOTL to another binary.
+#SBATCH --job-name=audiotl-sweep
+#SBATCH --array=0-{len(todo) - 1}{throttle}
+#SBATCH --ntasks-per-gpu=1
+#SBATCH --cpus-per-task=8
+#SBATCH --requeue
+#SBATCH --output={logs}/%x-%A_%a.out
+set -euo pipefail
+cd {shlex.quote(str(Path.cwd()))}
+export AUDIOTL_DISTRIBUTED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${{XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}}
+AUDIOTL=${{AUDIOTL:-{shlex.quote(str(AUDIOTL_BIN))}}}
+case "$SLURM_ARRAY_TASK_ID" in
+{_array_cases(todo)}
+  *) echo "sweep.sbatch: no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;
+esac
+srun --kill-on-bad-exit=1 "$AUDIOTL" "${{args[@]}}"
+""")
+  return path
+
+
+def write_tpu_vm(todo: list, workdir: Path, spec: str) -> Path:
+  """A script every worker of a TPU slice runs: the same runs in the same order, each one
+  multi-host job, with launch/tpu_vm.sh's set-up and environment."""
+  path = workdir / "sweep_tpu.sh"
+  lines = "\n".join(f"run {shlex.quote(r.name)} {shlex.join(r.args)}" for r in todo)
+  path.write_text(f"""#!/usr/bin/env bash
+# audiotl sweep --config {spec}
+# {len(todo)} runs, one after another, on every worker of a TPU VM slice:
+#   gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=all --command "bash {path.resolve()}"
+# A failed run does not stop the others; running this again resumes (finished runs return at
+# once, partial ones continue from their checkpoints). Set AUDIOTL to another binary.
+set -uo pipefail
+cd {shlex.quote(str(Path.cwd()))}
+AUDIOTL=${{AUDIOTL:-{shlex.quote(str(AUDIOTL_BIN))}}}
+# launch/tpu_vm.sh (run from the checkout) creates the venv with jax[tpu] when it is missing.
+[ -x "$AUDIOTL" ] || bash launch/tpu_vm.sh --help > /dev/null
+export AUDIOTL_DISTRIBUTED=1
+failed=0
+run() {{
+  local name=$1; shift
+  echo "sweep: $name"
+  "$AUDIOTL" "$@" || {{ echo "sweep: $name FAILED (exit $?)" >&2; failed=$((failed + 1)); }}
+}}
+{lines}
+echo "sweep: {len(todo)} runs, $failed failed"
+[ "$failed" -eq 0 ]
+""")
+  path.chmod(0o755)
+  return path

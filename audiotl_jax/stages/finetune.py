@@ -1,0 +1,110 @@
+"""`audiotl finetune`: transfer to a downstream task with a strategy (a mask over the model).
+
+What is trained: a checkpoint's model (or a fresh one) with the modules the strategy adds, a new
+head for the task's classes, the strategy's masks over parameters and BatchNorm statistics,
+cross-entropy (or BCE for a binary task). The best step is chosen on the validation split; the
+test split is scored once, at the end, with the best checkpoint, into `workdir/results.json`.
+How it is trained is `train/loop.py`, shared with pre-training.
+"""
+import dataclasses
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from audiotl_jax import models
+from audiotl_jax.data import selection
+from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.errors import UserError
+from audiotl_jax.features import featurizer
+from audiotl_jax.models import transfer
+from audiotl_jax.train import adapters, checkpoints, loop, metrics as metrics_lib
+from audiotl_jax.train import step as step_lib
+
+
+def run(config, workdir) -> dict:
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  done = loop.begin(config, workdir, "finetune")
+  if done is not None:
+    return done
+
+  # ---------------------------------------------------------------- pre-trained weights
+  pretrained, source_meta, step_dir = None, {}, None
+  fc = config.frontend
+  model_name = config.model.name
+  if config.init:
+    pretrained, source_meta, step_dir = checkpoints.load_model(Path(config.init))
+    model_name = source_meta["model"]
+    if config.frontend_from_checkpoint:
+      fc = ml_collections.ConfigDict(source_meta["frontend"])
+    if is_main:
+      print(f"finetune: from {step_dir} ({model_name}, pre-trained on "
+            f"{source_meta.get('selection', '?')})")
+
+  # ---------------------------------------------------------------- data
+  dataset = PreparedDataset(config.data.dir)
+  loop.check_sample_rate(dataset, fc)
+  sel = selection.downstream(dataset, config.data)
+  task_kind = dataset.task
+  if task_kind == "multilabel":
+    raise UserError(f"{dataset.path} is a multi-label dataset; `audiotl finetune` handles "
+                    f"single-label and binary tasks (use `audiotl pretrain` for multi-label)")
+  num_outputs = 1 if task_kind == "binary" else sel.num_classes
+  if is_main:
+    print(f"finetune: {sel.description}")
+
+  # ---------------------------------------------------------------- model and strategy
+  model, strategy_ctx = transfer.model_for(config.strategy, model_name, num_classes=num_outputs,
+                                           petl_config=config.get("petl"),
+                                           **step_lib.model_options(config.model))
+  frames = featurizer.feature_frames(fc, loop.clip_samples(config, dataset))
+  abstract = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.PRNGKey(0)}, jax.numpy.zeros((1, frames, fc.n_mels)), train=False))
+  strategy = transfer.make_strategy(config.strategy, abstract["params"],
+                                    abstract.get("batch_stats", {}), model.block_names(),
+                                    **strategy_ctx)
+  num_params = models.count_params(abstract["params"])
+  num_trainable = transfer.count_trainable(abstract["params"], strategy.trainable)
+  if pretrained is None and config.strategy != "full" and is_main:
+    print(f"finetune: no config key 'init' given: strategy {config.strategy!r} on a randomly "
+          f"initialised backbone (a from-scratch baseline)")
+  if is_main:
+    print(f"finetune: strategy {strategy.name}: {strategy.description}; trainable parameters "
+          f"{num_trainable:,} of {num_params:,}")
+
+  # ---------------------------------------------------------------- objective
+  main_metric = metrics_lib.MAIN_METRIC[task_kind]
+  if task_kind == "binary":
+    loss_fn = lambda logits, y: step_lib.bce_loss(logits[:, 0], y[:, 1])  # y: one-hot of {0, 1}
+  else:
+    loss_fn = step_lib.ce_loss
+  steps_per_epoch = max(1, len(sel.train) // config.batch_size)
+
+  def save_adapter(state, metadata, results):
+    # The trainable leaves only, tied to the backbone they were trained on.
+    if is_main and pretrained is not None and config.get("save_adapter", True):
+      results["adapter"] = str(adapters.save(
+          workdir / "adapter", {"params": state.params, "batch_stats": state.batch_stats},
+          {"params": strategy.trainable, "batch_stats": strategy.stats_trainable}, metadata,
+          {"path": str(step_dir), "fingerprint": adapters.fingerprint(pretrained["params"])}))
+
+  task = loop.Task(
+      stage="finetune", dataset=dataset, selection=sel,
+      splits=(config.data.train_split, config.data.val_split, config.data.test_split),
+      target="class", model=model, frontend=fc, loss_fn=loss_fn,
+      metrics_fn=lambda logits, labels: metrics_lib.for_task(task_kind, logits, labels),
+      main_metric=main_metric, eval_every=config.eval_every or steps_per_epoch,
+      strategy=strategy, pretrained=pretrained, on_finish=save_adapter,
+      desc=f"finetune {strategy.name}",
+      metadata={
+          "model": model_name, "task": task_kind, "num_classes": num_outputs,
+          "strategy": strategy.name, "init": str(config.init),
+          "source": {k: source_meta.get(k) for k in ("model", "selection")},
+          "num_trainable": num_trainable,
+          "petl": dataclasses.asdict(model.petl) if getattr(model, "petl", None) else None},
+      results={"task": task_kind, "metric": main_metric, "strategy": strategy.name,
+               "init": str(config.init), "model": model_name,
+               "source_selection": source_meta.get("selection"),
+               "num_trainable": num_trainable, "num_test": int(len(sel.test))})
+  return loop.train(config, workdir, task)

@@ -1,0 +1,168 @@
+"""Orbax checkpoints: model, optimizer, step, the Grain iterator position and JSON metadata.
+
+Items in each step directory:
+  model     {params, batch_stats}: what fine-tuning and embedding need, restorable on its own
+  train     {opt_state, step, rng}: what only resuming needs
+  data      the Grain iterator state, so a resumed run sees exactly the batches it would have seen
+  metadata  JSON: config, model name, classes, frontend settings and normalisation, version
+Saving is asynchronous and atomic (Orbax writes to a temporary directory and renames). The manager
+keeps the latest `keep` steps plus the best by the validation metric.
+"""
+import json
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from audiotl_jax.errors import UserError
+
+ITEMS = ("model", "train", "data", "metadata")
+
+
+class Checkpointer:
+  """A `CheckpointManager` in `workdir/checkpoints` with our item layout."""
+
+  def __init__(self, workdir: Path, *, keep: int = 2, best_metric: str | None = None,
+               best_mode: str = "max"):
+    self.directory = Path(workdir).resolve() / "checkpoints"
+    preserve = [policies.LatestN(n=keep)]
+    if best_metric:
+      preserve.append(policies.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(preserve), create=True,
+        enable_async_checkpointing=True, cleanup_tmp_directories=True)
+    handlers = {
+        "model": ocp.StandardCheckpointHandler(),
+        "train": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "metadata": ocp.JsonCheckpointHandler(),
+    }
+    self.best_metric = best_metric
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step() if self.best_metric else self.latest_step()
+
+  def save(self, step: int, state, data_iter, metadata: dict, metrics: dict | None = None):
+    args = {
+        "model": ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
+        "train": ocp.args.StandardSave(
+            {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}),
+        "metadata": ocp.args.JsonSave(metadata),
+    }
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+
+  def save_model(self, step: int, variables: dict, metadata: dict):
+    """Only the `model` and `metadata` items: a checkpoint to start from, not to resume (the
+    imported weights of `audiotl import`). `load_model` reads it like any other."""
+    self.manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)), force=True)
+
+  def restore(self, step: int, abstract_state, data_iter):
+    """Restores the full train state (laid out like `abstract_state`) and the iterator in place."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    args = {
+        "model": ocp.args.StandardRestore(
+            {"params": abstract.params, "batch_stats": abstract.batch_stats}),
+        "train": ocp.args.StandardRestore(
+            {"opt_state": abstract.opt_state, "step": abstract.step, "rng": abstract.rng}),
+    }
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return abstract_state.replace(
+        params=out.model["params"], batch_stats=out.model["batch_stats"],
+        opt_state=out.train["opt_state"], step=out.train["step"], rng=out.train["rng"])
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _step_dir(path: Path) -> Path:
+  """A workdir, its checkpoints/ folder or one step folder -> the step folder to read."""
+  path = Path(path).resolve()
+  if (path / "metadata").exists() and (path / "model").exists():
+    return path
+  ckpt = path / "checkpoints" if (path / "checkpoints").exists() else path
+  if not ckpt.exists():
+    raise UserError(f"checkpoint path {path} does not exist")
+  step = _best_or_latest(ckpt)
+  if step is None:
+    raise UserError(f"no finished checkpoint under {ckpt} (expected numbered step folders)")
+  return ckpt / str(step)
+
+
+def finished_steps(ckpt: Path) -> list[int]:
+  """Steps whose folder Orbax finished (temporary folders carry a suffix and are skipped)."""
+  return sorted(int(p.name) for p in Path(ckpt).iterdir()
+                if p.is_dir() and p.name.isdigit() and (p / "model").exists())
+
+
+def _best_or_latest(ckpt: Path) -> int | None:
+  """The step recorded as best in `best.json` by the loop, else the latest."""
+  steps = finished_steps(ckpt)
+  best = ckpt / "best.json"
+  if best.exists():
+    step = json.loads(best.read_text()).get("step")
+    if step is not None and int(step) in steps:
+      return int(step)
+  return steps[-1] if steps else None
+
+
+def read_metadata(path: Path) -> dict:
+  step_dir = _step_dir(path)
+  return ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
+
+
+def load_model(path: Path) -> tuple[dict, dict, Path]:
+  """Loads {params, batch_stats} and metadata from a workdir or step folder (host arrays).
+
+  Used by fine-tuning and embedding, which lay the arrays out on their own mesh afterwards.
+  """
+  step_dir = _step_dir(path)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      model = ckptr.restore(step_dir / "model")
+  except Exception as e:  # Orbax raises many types for a damaged folder; name the folder.
+    raise UserError(f"could not read the model checkpoint in {step_dir}: {e}") from e
+  model = jax.tree.map(lambda x: jax.device_get(x), model)
+  return model, read_metadata(step_dir), step_dir
+
+
+def mark_best(workdir: Path, step: int, metrics: dict[str, Any]) -> None:
+  """Records which step is best, so readers need not know the metric."""
+  path = Path(workdir).resolve() / "checkpoints" / "best.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps({"step": int(step), "metrics": metrics}, indent=2))
+  tmp.replace(path)
+
+
+def finished(workdir: Path) -> dict | None:
+  """The results of a finished run in `workdir`, or None: a finished stage is not run again."""
+  path = workdir / "results.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def finished_run(workdir: Path, stage: str) -> dict | None:
+  """`finished(workdir)`, saying so once: a stage started again on a finished workdir returns
+  the results it has instead of training again."""
+  results = finished(workdir)
+  if results is not None and jax.process_index() == 0:
+    print(f"{stage}: {workdir} already holds a finished run; results in "
+          f"{workdir / 'results.json'}")
+  return results

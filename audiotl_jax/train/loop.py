@@ -1,0 +1,227 @@
+"""The one training loop: pre-training and fine-tuning differ only in the `Task` they hand it.
+
+A stage (`stages/pretrain.py`, `stages/finetune.py`) decides WHAT is trained: the records and
+classes, the model with any added modules, the strategy's masks, the pre-trained weights, the
+loss and the evaluator. This loop decides HOW, the same way for both, in the order a reader
+expects: mesh, data, optimizer and state, restore or start, step, evaluation, loop, final test.
+The workdir holds everything: config.json, checkpoints/ (model, optimizer, iterator position,
+metadata), metrics.jsonl, tensorboard/ and results.json.
+"""
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import audiotl_jax
+from audiotl_jax import config as config_lib
+from audiotl_jax import models
+from audiotl_jax.data import pipeline, sampling
+from audiotl_jax.errors import UserError
+from audiotl_jax.features import featurizer
+from audiotl_jax.models import transfer
+from audiotl_jax.train import checkpoints, mesh as mesh_lib, metrics as metrics_lib
+from audiotl_jax.train import state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass
+class Task:
+  """What a stage trains; everything the loop does not decide by itself."""
+  stage: str                    # "pretrain" or "finetune": logs, metadata, results
+  dataset: Any                  # data.dataset.PreparedDataset
+  selection: Any                # data.selection.Selection: records, classes, class map
+  splits: tuple[str, str, str]  # (train, validation, test) split names of the dataset
+  target: str                   # "multihot" (pre-training) or "class"
+  model: Any                    # the Flax module, added transfer modules included
+  frontend: Any                 # the frontend config block the features are computed with
+  loss_fn: Callable             # (logits, targets) -> scalar
+  metrics_fn: Callable          # (logits, labels) host arrays -> {name: value}
+  main_metric: str              # the validation metric that picks the best step
+  eval_every: int               # steps between evaluations (each one saves a checkpoint)
+  metadata: dict                # stage-specific checkpoint metadata, merged into the common one
+  results: dict                 # stage-specific fields of results.json
+  strategy: Any = None          # models.transfer.Strategy (masks); None: everything trains
+  pretrained: dict | None = None  # {params, batch_stats} host trees to start from
+  on_finish: Callable | None = None  # (state, metadata, results) -> None, after the final test
+  desc: str = ""                # progress-bar label
+
+
+def begin(config, workdir: Path, stage: str) -> dict | None:
+  """Writes the resolved config; returns the results of an already finished run, else None."""
+  config_lib.write(config, workdir)
+  return checkpoints.finished_run(workdir, stage)
+
+
+def check_sample_rate(dataset, fcfg) -> None:
+  if dataset.sample_rate != fcfg.sample_rate:
+    raise UserError(f"{dataset.path} holds {dataset.sample_rate} Hz audio but config key "
+                    f"'frontend.sample_rate' is {fcfg.sample_rate}: prepare it again with "
+                    f"--sample-rate {fcfg.sample_rate} or change the config")
+
+
+def clip_samples(config, dataset) -> int:
+  return int(round(config.data.clip_seconds * dataset.sample_rate))
+
+
+def train(config, workdir: Path, task: Task) -> dict:
+  """Trains `task` as `config` says; returns (and writes) its results."""
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  t_start = time.time()
+  dataset, sel, fc = task.dataset, task.selection, task.frontend
+  train_split, val_split, test_split = task.splits
+  strategy = task.strategy
+
+  # ---------------------------------------------------------------- mesh
+  mesh = mesh_lib.make_mesh(config.num_devices)
+  mesh_lib.check_batch_size(config.batch_size, mesh)
+
+  # ---------------------------------------------------------------- data
+  samples = clip_samples(config, dataset)
+  common = dict(class_map=sel.class_map, num_classes=sel.num_classes, target=task.target,
+                batch_size=config.batch_size, clip_samples=samples,
+                process_index=jax.process_index(), process_count=jax.process_count())
+  # Balanced sampling weights come from the labels of this run's own training records.
+  weights = (sampling.balanced_weights(dataset, train_split, sel.train, sel.class_map)
+             if config.data.get("balanced", False) else None)
+
+  def train_iter(seed):
+    return pipeline.train_iterator(dataset, train_split, indices=sel.train, seed=seed,
+                                   worker_count=config.data.worker_count, weights=weights,
+                                   **common)
+
+  def eval_iter(split, indices):
+    return pipeline.eval_batches(dataset, split, indices=indices, **common)
+
+  data_iter = train_iter(config.data.seed)
+
+  # ---------------------------------------------------------------- optimizer and state
+  frames = featurizer.feature_frames(fc, samples)
+  total_steps = state_lib.resolve_steps(config, len(sel.train))
+  tx = state_lib.make_optimizer(config.optim, total_steps,
+                                trainable=strategy.trainable if strategy else None)
+  state, shardings = state_lib.create(task.model, tx, mesh, frames=frames, n_mels=fc.n_mels,
+                                      seed=config.seed)
+  if task.pretrained is not None:
+    params, fresh = transfer.transplant(task.pretrained["params"], jax.device_get(state.params),
+                                        resize=transfer.resize_leaf)
+    stats, _ = transfer.transplant(task.pretrained.get("batch_stats", {}),
+                                   jax.device_get(state.batch_stats))
+    state, shardings = state_lib.create(task.model, tx, mesh, frames=frames, n_mels=fc.n_mels,
+                                        seed=config.seed, params=params, batch_stats=stats)
+    if is_main:
+      print(f"{task.stage}: kept pre-trained weights; fresh: {', '.join(fresh) or 'none'}")
+  num_params = models.count_params(state.params)
+
+  # ---------------------------------------------------------------- restore or start
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                  best_metric=f"val_{task.main_metric}")
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, state, data_iter)
+    norm = checkpoints.read_metadata(ckpt.directory / str(latest))["norm"]
+    if is_main:
+      print(f"{task.stage}: resuming from step {latest} in {ckpt.directory}")
+  else:
+    norm = step_lib.compute_norm(fc, train_iter(config.data.seed + 1), mesh, fc.norm_batches)
+  metadata = {
+      "stage": task.stage, "num_classes": sel.num_classes, "classes": sel.classes,
+      "frontend": config_lib.to_dict(fc), "norm": norm, "clip_seconds": config.data.clip_seconds,
+      "dataset": str(dataset.path), "config": config_lib.to_dict(config),
+      "num_params": num_params, "audiotl_version": audiotl_jax.__version__, **task.metadata,
+  }
+
+  if config.get("init_only", False):
+    # The from-scratch baseline as a checkpoint, so it can be scored and fine-tuned like the rest.
+    ckpt.save(0, state, data_iter, metadata)
+    ckpt.close()
+    results = {"stage": "init", "model": metadata["model"], "subset": "none (random init)",
+               "num_classes": sel.num_classes, "num_params": num_params, "best_step": 0}
+    if is_main:
+      (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+      print(f"{task.stage}: saved the randomly initialised {metadata['model']} to "
+            f"{ckpt.directory}")
+    return results
+
+  # ---------------------------------------------------------------- step
+  featurize = featurizer.make_featurizer(fc, norm)
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(
+      task.model, featurize, tx, loss_fn=task.loss_fn, augment=config.augment,
+      num_classes=sel.num_classes, target=task.target,
+      model_train=strategy.model_train if strategy else True,
+      trainable=strategy.trainable if strategy else None,
+      stats_trainable=strategy.stats_trainable if strategy else None), shardings, mesh)
+  predict = step_lib.make_predict(task.model, featurize)
+
+  # ---------------------------------------------------------------- evaluation
+  def evaluate(split, indices, name):
+    logits, labels, _, _ = step_lib.evaluate(
+        predict, state.params, state.batch_stats, eval_iter(split, indices), mesh,
+        num_batches=-(-len(indices) // config.batch_size), desc=name if config.progress else None)
+    return task.metrics_fn(logits, labels)
+
+  # ---------------------------------------------------------------- loop
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  start = int(state.step)
+  pending, last_good = [], latest
+  t_log, clips_since = time.time(), 0
+  progress = tqdm(total=total_steps, initial=start, desc=task.desc or task.stage, unit="step",
+                  disable=not (is_main and config.progress))
+  stop_at = config.get("stop_at", 0)
+  for step in range(start + 1, total_steps + 1):
+    state, m = step_fn(state, mesh_lib.to_global(next(data_iter), mesh))
+    pending.append((step, m))
+    clips_since += config.batch_size
+    progress.update(1)
+    last = step == total_steps or step == stop_at
+    evaluate_now = step % task.eval_every == 0 or last
+    if step % config.log_every == 0 or evaluate_now:
+      step_lib.check_finite(pending, last_good, ckpt.directory)  # The one host sync, on purpose.
+      loss = float(pending[-1][1]["loss"])
+      rate = clips_since / max(time.time() - t_log, 1e-9)
+      writer.write(step, {"train_loss": loss, "grad_norm": float(pending[-1][1]["grad_norm"]),
+                          "clips_per_s": rate})
+      progress.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.0f}")
+      pending, t_log, clips_since = [], time.time(), 0
+    if evaluate_now:
+      val = evaluate(val_split, sel.val, "val")
+      writer.write(step, {f"val_{k}": v for k, v in val.items()})
+      ckpt.save(step, state, data_iter, metadata,
+                metrics={f"val_{task.main_metric}": val[task.main_metric]})
+      last_good = step
+    if step == stop_at and step != total_steps:
+      ckpt.close()
+      progress.close()
+      print(f"{task.stage}: stopped at step {step} as config key 'stop_at' asked; run again to "
+            f"resume")
+      return {"stopped_at": step}
+  progress.close()
+  ckpt.wait()
+
+  # ---------------------------------------------------------------- final test (once)
+  best = ckpt.best_step() or ckpt.latest_step()
+  if best is not None:
+    checkpoints.mark_best(workdir, best, {})
+    model_vars, _, _ = checkpoints.load_model(ckpt.directory / str(best))
+    state = state.replace(params=model_vars["params"], batch_stats=model_vars["batch_stats"])
+  val = evaluate(val_split, sel.val, "val")
+  test = evaluate(test_split, sel.test, "test") if len(sel.test) else {}
+  results = {"stage": task.stage, **task.results, "best_step": best, "total_steps": total_steps,
+             "num_params": num_params, "val": val, "test": test,
+             "seconds": time.time() - t_start}
+  if task.on_finish is not None:
+    task.on_finish(state, metadata, results)
+  if is_main:
+    path = workdir / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    writer.write(total_steps, {f"test_{k}": v for k, v in test.items()})
+    name = task.main_metric
+    print(f"{task.stage}: done. val {name} {val[name]:.4f}, test {name} "
+          f"{test.get(name, float('nan')):.4f} (best step {best}); results in {path}")
+  writer.close()
+  ckpt.close()
+  return results
