@@ -49,6 +49,8 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
   if dataset.sample_rate != fc.sample_rate:
     raise UserError(f"{dataset.path} holds {dataset.sample_rate} Hz audio; the checkpoint's "
                     f"frontend expects {fc.sample_rate} Hz")
+  for split in splits:  # every split name before any work: a typo must not cost a whole split
+    dataset.num_records(split)
   mesh = mesh_lib.make_mesh(num_devices)
   mesh_lib.check_batch_size(batch_size, mesh, "batch_size")
   clip_seconds = clip_seconds or meta.get("clip_seconds") or dataset.manifest.get("clip_seconds")

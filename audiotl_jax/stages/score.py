@@ -23,10 +23,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from audiotl_jax.stages import embed as embedding
 from audiotl_jax import scores as scores_lib
+from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.scores import streaming
+from audiotl_jax.stages import embed as embedding
 
 EXTRA_SCORES = {"logme_heldout": True}  # name -> higher_is_better, beyond `SCORES`
 
@@ -48,6 +49,7 @@ def score(*, checkpoints: dict[str, Path], dataset_dir: Path, split: str, layer=
     if name not in higher:
       raise unknown_name("score", name, higher)
   out_dir = Path(out_dir)
+  _check_dataset(Path(dataset_dir), [split] + ([val_split] if "logme_heldout" in scores else []))
   rows = []
   for name, ckpt in checkpoints.items():
     emb_dir = out_dir / "embeddings" / name
@@ -77,6 +79,21 @@ def score(*, checkpoints: dict[str, Path], dataset_dir: Path, split: str, layer=
     writer.writeheader()
     writer.writerows(rows)
   return rows
+
+
+def _check_dataset(dataset_dir: Path, splits: list[str]) -> None:
+  """What makes every score fail, said before any state is embedded: a missing split, or a
+  single-label split with fewer than two classes (nothing to separate)."""
+  dataset = PreparedDataset(dataset_dir)
+  for split in splits:
+    dataset.num_records(split)
+  if dataset.task == "multilabel":
+    return
+  offsets, values = dataset.labels_csr(splits[0])
+  present = np.unique(values[offsets[:-1][np.diff(offsets) > 0]])
+  if present.size < 2:
+    raise UserError(f"split {splits[0]!r} of {dataset.path} has {present.size} class(es); "
+                    f"transferability scores need at least 2")
 
 
 def _source_head(logits, *, need: bool):

@@ -1,0 +1,32 @@
+"""Bad input to embed and score is refused before any state is embedded (issue 10, item 18)."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiotl_jax.data import readers, shard_writer
+from audiotl_jax.errors import UserError
+from audiotl_jax.stages import embed as embedding
+from audiotl_jax.stages import score as scoring
+
+
+def test_embed_names_a_misspelt_split_before_embedding_any(prepared, pretrained, tmp_path):
+  with pytest.raises(UserError, match="no split 'tset'"):
+    embedding.embed(checkpoint=pretrained, dataset_dir=prepared["speech_commands"],
+                    splits=["train", "tset"], layers=["embedding"], pooling="mean",
+                    out_dir=tmp_path / "emb", batch_size=8, progress=False)
+  assert not (tmp_path / "emb" / "train").exists()  # the good split was not embedded first
+
+
+def test_score_refuses_a_single_class_split_before_embedding(pretrained, tmp_path):
+  rows = []
+  for i in range(6):
+    sf.write(tmp_path / f"c{i}.wav", np.full(1600, 100 * (i + 1), np.int16), 16000)
+    rows.append(f"c{i}.wav,{'only' if i < 4 else 'other'},{'train' if i < 4 else 'test'}")
+  (tmp_path / "l.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+  shard_writer.prepare(readers.csv_manifest(tmp_path / "l.csv"), tmp_path / "data",
+                       clip_seconds=1.0, num_workers=1, progress=False)
+  with pytest.raises(UserError, match="1 class"):
+    scoring.score(checkpoints={"a": pretrained}, dataset_dir=tmp_path / "data", split="train",
+                  layers=["embedding"], scores=["logme"], out_dir=tmp_path / "out",
+                  batch_size=8, val_split="test", progress=False)
+  assert not (tmp_path / "out" / "embeddings").exists()
