@@ -30,3 +30,13 @@ def test_score_refuses_a_single_class_split_before_embedding(pretrained, tmp_pat
                   layers=["embedding"], scores=["logme"], out_dir=tmp_path / "out",
                   batch_size=8, val_split="test", progress=False)
   assert not (tmp_path / "out" / "embeddings").exists()
+
+
+def test_sample_rate_mismatch_names_the_real_config_key():
+  import types
+  import ml_collections
+  from audiotl_jax.train import loop
+  dataset = types.SimpleNamespace(sample_rate=32000, path="data/x")
+  with pytest.raises(UserError) as e:
+    loop.check_sample_rate(dataset, ml_collections.ConfigDict({"sample_rate": 16000}))
+  assert "--config.sample_rate=16000" in str(e.value) and "--sample-rate" not in str(e.value)

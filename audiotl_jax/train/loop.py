@@ -60,7 +60,8 @@ def check_sample_rate(dataset, fcfg) -> None:
   if dataset.sample_rate != fcfg.sample_rate:
     raise UserError(f"{dataset.path} holds {dataset.sample_rate} Hz audio but config key "
                     f"'frontend.sample_rate' is {fcfg.sample_rate}: prepare it again with "
-                    f"--sample-rate {fcfg.sample_rate} or change the config")
+                    f"`audiotl prepare ... --config.sample_rate={fcfg.sample_rate}` or change "
+                    f"the config")
 
 
 def clip_samples(config, dataset) -> int:
