@@ -40,3 +40,16 @@ def test_sample_rate_mismatch_names_the_real_config_key():
   with pytest.raises(UserError) as e:
     loop.check_sample_rate(dataset, ml_collections.ConfigDict({"sample_rate": 16000}))
   assert "--config.sample_rate=16000" in str(e.value) and "--sample-rate" not in str(e.value)
+
+
+def test_rerun_on_a_finished_workdir_keeps_its_config(pretrained, prepared, tmp_path):
+  """Issue 10, item 22: the saved config must keep agreeing with results.json."""
+  import shutil
+  from conftest import tiny_pretrain_config
+  from audiotl_jax.stages import pretrain
+  workdir = tmp_path / "done"
+  shutil.copytree(pretrained, workdir)
+  before = (workdir / "config.json").read_bytes()
+  results = pretrain.run(tiny_pretrain_config(prepared["audioset"], seed=7), workdir)
+  assert results["seed"] == 0
+  assert (workdir / "config.json").read_bytes() == before

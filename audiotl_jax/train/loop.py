@@ -51,9 +51,15 @@ class Task:
 
 
 def begin(config, workdir: Path, stage: str) -> dict | None:
-  """Writes the resolved config; returns the results of an already finished run, else None."""
-  config_lib.write(config, workdir)
-  return checkpoints.finished_run(workdir, stage)
+  """The results of an already finished run in `workdir`, else None after writing the config.
+
+  A finished workdir keeps the config.json it finished with: a re-run with other settings must
+  not leave a config that contradicts its results.json.
+  """
+  done = checkpoints.finished_run(workdir, stage)
+  if done is None:
+    config_lib.write(config, workdir)
+  return done
 
 
 def check_sample_rate(dataset, fcfg) -> None:
