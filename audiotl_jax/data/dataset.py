@@ -14,6 +14,37 @@ FORMAT = "audiotl-arrayrecord/2"
 LOGS = ("skipped", "problems", "notes")
 
 
+def shard_damage(path: Path, num_records: int | None) -> str | None:
+  """Why the ArrayRecord shard at `path` cannot be read as `num_records` records, else None.
+
+  `num_records=None` (count unknown) checks only that the file is there, non-empty and readable.
+
+  Cheap: the record count comes from the file's footer; no record is read. A truncated or emptied
+  file would otherwise pass unnoticed until the records past the damage are read (often only at
+  the final test evaluation).
+  """
+  # Imported here: opening a manifest (and the labels index) must not need array_record.
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  try:
+    size = path.stat().st_size
+  except FileNotFoundError:
+    return "missing"
+  if size == 0:
+    return "empty (0 bytes)"
+  try:
+    reader = ArrayRecordReader(str(path), "readahead_buffer_size:0")
+    try:
+      found, ok = reader.num_records(), reader.ok()
+    finally:
+      reader.close()
+  except Exception as e:  # pylint: disable=broad-except  (any reader error means damage)
+    return f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+  if not ok or (num_records is not None and found != num_records):
+    # A torn footer reads as 0 records with ok() False, not as an exception.
+    return f"truncated or damaged ({found} records readable, {num_records} expected)"
+  return None
+
+
 class PreparedDataset:
   """A directory written by `prepare`, opened through its manifest."""
 
@@ -36,6 +67,7 @@ class PreparedDataset:
     if found != FORMAT:
       raise UserError(f"{manifest_path}: expected format {FORMAT!r}, got {found!r}")
     self._labels = {}
+    self._verified = set()
 
   classes = property(lambda self: self.manifest["classes"])
   num_classes = property(lambda self: len(self.manifest["classes"]))
@@ -79,8 +111,38 @@ class PreparedDataset:
       for line in f:
         yield json.loads(line)
 
+  def _shard_counts(self, split: str) -> list:
+    """Records per shard of `split`: from the manifest, or (older manifests) the sidecars; None
+    for a shard whose count is unknown (a manifest written by hand, without sidecars)."""
+    entry = self._split(split)
+    if "shard_records" in entry:
+      return entry["shard_records"]
+    counts = []
+    for name in entry["shards"]:
+      side = self.path / (name.removesuffix(".array_record") + ".json")
+      try:
+        counts.append(len(json.loads(side.read_text())["ids"]))
+      except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        counts.append(None)
+    return counts
+
+  def verify(self, split: str) -> None:
+    """Raises a UserError naming the first damaged shard of `split`; each split is checked once.
+
+    Called by `source`, so a damaged shard stops a run when it starts, not at its final test.
+    """
+    if split in self._verified:
+      return
+    for name, n in zip(self._split(split)["shards"], self._shard_counts(split)):
+      damage = shard_damage(self.path / name, n)
+      if damage is not None:
+        raise UserError(f"prepared dataset {self.path}: shard {self.path / name} is {damage}; "
+                        f"run `audiotl prepare` again on {self.path} to rebuild it")
+    self._verified.add(split)
+
   def source(self, split: str):
     """Random access to the records of `split`: record i is entry i of `labels(split)`."""
+    self.verify(split)
     import grain  # pylint: disable=g-import-not-at-top  (workers of prepare never need it)
     return grain.sources.ArrayRecordDataSource(
         [str(self.path / name) for name in self._split(split)["shards"]])

@@ -11,7 +11,9 @@ Layout of a prepared directory:
 
 The work unit is a shard. A shard is committed by renaming its sidecar into place after its
 records, so a sidecar means a complete shard, and a re-run skips it (resume) unless the shard's
-items or the audio settings changed (the sidecar carries a fingerprint of both).
+items or the audio settings changed (the sidecar carries a fingerprint of both) or its records
+file is missing, empty or truncated (the ArrayRecord footer's count differs from the sidecar's):
+such a shard is named and rebuilt.
 
 Everything streams: items are cut into shards as the listing yields them, at most two shards per
 worker are in flight, and the per-split outputs are assembled from the sidecars on disk. Memory
@@ -25,6 +27,10 @@ import json
 import multiprocessing
 import os
 import re
+import signal
+import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -34,13 +40,34 @@ import tqdm
 
 import audiotl_jax
 from audiotl_jax.data import inventory, records
+from audiotl_jax.data.dataset import FORMAT, LOGS, shard_damage
 from audiotl_jax.data.decode import Skip, load_clip
 from audiotl_jax.data.diskindex import DiskIndex
 from audiotl_jax.data.readers.common import DatasetListing
 from audiotl_jax.errors import UserError
 
 
-from audiotl_jax.data.dataset import FORMAT, LOGS
+def _die_with_parent(parent: int) -> None:
+  """Worker initializer: the worker exits when the prepare process dies, even by SIGKILL.
+
+  The pool's own shutdown never runs then, and orphaned workers would go on decoding (and hold
+  the output folder) until their queue broke.
+  """
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes  # pylint: disable=g-import-not-at-top
+      pr_set_pdeathsig = 1
+      ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+      pass  # no prctl (e.g. another libc): the polling thread below still covers it
+
+  def watch():
+    # Also the fallback off Linux, and the guard for a parent that died before prctl took effect.
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+
+  threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -131,10 +158,15 @@ def _shard_tasks(listing: DatasetListing, out_dir: Path, shard_size: int, settin
 def _is_done(out_dir: Path, task: dict) -> int | None:
   """The number of items of a shard already committed by an earlier run, else None."""
   side = _read_sidecar(out_dir / f"{task['stem']}.json")
-  if (side is not None and side.get("fingerprint") == task["fingerprint"]
-      and (out_dir / f"{task['stem']}.array_record").is_file()):
-    return len(side["ids"]) + len(side["skipped"])
-  return None
+  if side is None or side.get("fingerprint") != task["fingerprint"]:
+    return None
+  shard = out_dir / f"{task['stem']}.array_record"
+  damage = shard_damage(shard, len(side["ids"]))
+  if damage is not None:
+    # Found here, not at the end of a training run that reads it.
+    tqdm.tqdm.write(f"prepare: shard {shard} is {damage}; rebuilding it", file=sys.stderr)
+    return None
+  return len(side["ids"]) + len(side["skipped"])
 
 
 def _run_shards(tasks, out_dir: Path, num_workers: int, bar) -> None:
@@ -164,7 +196,8 @@ def _run_shards(tasks, out_dir: Path, num_workers: int, bar) -> None:
         if pool is None:
           # spawn, not fork: the parent may have started jax (threads), which fork would corrupt.
           pool = concurrent.futures.ProcessPoolExecutor(
-              num_workers, mp_context=multiprocessing.get_context("spawn"))
+              num_workers, mp_context=multiprocessing.get_context("spawn"),
+              initializer=_die_with_parent, initargs=(os.getpid(),))
           pending.add(pool.submit(_write_shard, first))
         pending.add(pool.submit(_write_shard, t))
         drain(2 * num_workers)  # bounded: the listing is read only as fast as shards are written
@@ -192,11 +225,13 @@ def _assemble_split(out_dir: Path, split: str, stems: list[str], num_classes: in
                     sample_rate: int, logs: dict, tally: inventory.Tally) -> dict:
   """The split's manifest entry and `<split>.labels.npz`, from its sidecars, one at a time."""
   counts = np.zeros(num_classes, np.int64)
+  shard_records = []
   n = n_values = samples = 0
   id_len = 1
   for stem in stems:
     side = _read_sidecar(out_dir / f"{stem}.json")
     n += len(side["ids"])
+    shard_records.append(len(side["ids"]))
     n_values += sum(len(ls) for ls in side["labels"])
     samples += sum(side["num_samples"])
     id_len = max([id_len] + [len(i) for i in side["ids"]])
@@ -226,8 +261,10 @@ def _assemble_split(out_dir: Path, split: str, stems: list[str], num_classes: in
                   column("labels", lambda ls: [v for x in ls for v in x]))
 
   _atomic_write(out_dir / f"{split}.labels.npz", write)
-  return {"shards": [f"{stem}.array_record" for stem in stems], "num_records": n,
-          "class_counts": counts.tolist(), "total_seconds": samples / sample_rate}
+  # shard_records: lets a reader check each shard against its footer without the sidecars.
+  return {"shards": [f"{stem}.array_record" for stem in stems], "shard_records": shard_records,
+          "num_records": n, "class_counts": counts.tolist(),
+          "total_seconds": samples / sample_rate}
 
 
 def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
