@@ -29,11 +29,12 @@ def _official_truncated_svd(f):
   return u, s[:k], vh[:k]
 
 
-def logme_reference(f, y, *, return_details=False):
+def logme_reference(f, y, *, return_details=False, pad=True):
   """thuml/LogME `_fit_fixed_point`, step by step, with log det over all D eigenvalues.
 
   The one deliberate change from the official code: sigma is zero-padded to length D in the
-  log det term (thuml/LogME issue #23 / PR #24), which only matters when rank(F) < D.
+  log det term (thuml/LogME issue #23 / PR #24), which only matters when rank(F) < D; that is
+  `logme_exact`. `pad=False` is the official value, `logme`.
   """
   f = np.asarray(f, np.float64)
   n, d = f.shape
@@ -45,6 +46,8 @@ def logme_reference(f, y, *, return_details=False):
   sigma = s ** 2
   sigma_full = np.zeros((d, 1))
   sigma_full[:sigma.shape[0]] = sigma
+  if not pad:
+    sigma_full = sigma
   evidences, details = [], []
   for i in range(int(y.max()) + 1):
     y_ = (y == i).astype(np.float64).reshape(-1, 1)
@@ -106,7 +109,7 @@ def rel(a, b):
 
 CASES = {  # name: (N, D, C, spread)
     "n_gt_d": (120, 16, 4, 1.0),  # the official code's truncated-SVD branch
-    "d_gt_n": (30, 80, 3, 1.0),  # its thin-SVD branch, with D - N padded eigenvalues
+    "d_gt_n": (30, 80, 3, 1.0),  # its thin-SVD branch; logme_exact pads D - N eigenvalues
     # N == D takes the thin-SVD branch; LogME runs into the 11-iteration cap for one class and
     # stops early (after 6 and 4 steps) for the others, so both exits are exercised.
     "n_eq_d": (24, 24, 3, 2.0),
@@ -124,10 +127,12 @@ def test_scores_match_float64_references(case):
   with jax.enable_x64(True):
     nc = tr.nc_score(features, labels)
     lm = tr.logme(features, labels)
+    exact = tr.logme_exact(features, labels)
     lp = tr.leep(probs, labels)
-    assert nc.dtype == lm.dtype == lp.dtype == np.float64
+    assert nc.dtype == lm.dtype == exact.dtype == lp.dtype == np.float64
   assert rel(nc, nc_reference(features, labels)) <= 1e-6
-  assert rel(lm, logme_reference(features, labels)) <= 1e-6
+  assert rel(lm, logme_reference(features, labels, pad=False)) <= 1e-6
+  assert rel(exact, logme_reference(features, labels)) <= 1e-6
   assert rel(lp, leep_reference(probs, labels)) <= 1e-6
 
 
@@ -138,9 +143,11 @@ def test_float32_is_close_to_float64(case):
   features, labels = clusters(n, d, c, spread=spread, seed=n + d, offset=5.0)
   probs = source_probs(n, 7, seed=d)
   nc, lm, lp = tr.nc_score(features, labels), tr.logme(features, labels), tr.leep(probs, labels)
-  assert nc.dtype == lm.dtype == lp.dtype == np.float32
+  exact = tr.logme_exact(features, labels)
+  assert nc.dtype == lm.dtype == exact.dtype == lp.dtype == np.float32
   assert rel(nc, nc_reference(features, labels)) <= 2e-6
-  assert rel(lm, logme_reference(features, labels)) <= 5e-5
+  assert rel(lm, logme_reference(features, labels, pad=False)) <= 5e-5
+  assert rel(exact, logme_reference(features, labels)) <= 5e-5
   assert rel(lp, leep_reference(probs, labels)) <= 2e-6
 
 
@@ -243,12 +250,12 @@ def test_degenerate_leep_input_raises(probs, labels, message):
 
 
 def test_registry():
-  assert set(tr.SCORES) == {"nc_score", "logme", "leep", "nce", "hscore", "gbc", "gbc_spherical",
-                            "transrate"}
+  assert set(tr.SCORES) == {"nc_score", "logme", "logme_exact", "leep", "nce", "hscore", "gbc",
+                            "gbc_spherical", "transrate"}
   assert set(tr.INPUTS) == set(tr.SCORES)
   fn, higher_is_better = tr.get_score("logme")
   assert fn is tr.logme and higher_is_better
   assert tr.get_score("nc_score") == (tr.nc_score, False)
   assert tr.get_score("leep") == (tr.leep, True)
-  with pytest.raises(UserError, match="unknown score 'logm'.*leep, logme, nc_score, nce"):
+  with pytest.raises(UserError, match="unknown score 'logm'.*leep, logme, logme_exact, nc_score"):
     tr.get_score("logm")

@@ -30,12 +30,17 @@ def _fixed_point(sigma, x2, res_x2, n):
       return
 
 
-def official_logme(features, labels, *, targets=None, pad_log_det: bool = True) -> float:
-  """thuml/LogME `LogME.fit` (`_fit_fixed_point`): float64, truncated SVD via F^T F when N > D.
+def official_logme(features, labels, *, targets=None, pad_log_det: bool = False) -> float:
+  """thuml/LogME `LogME.fit` (`_fit_fixed_point`), float64, transcribed from LogME.py.
 
-  Classification one-vs-rest from `labels`, or regression over the columns of `targets`. With
-  `pad_log_det`, log det also counts the D - k missing eigenvalues as alpha (thuml/LogME#23);
-  without it, the official value (identical when rank(F) = D).
+  Both branches of the official code: for N > D its `truncated_svd` (SVD of F^T F, singular
+  values sqrt(s) > 1e-10 kept, U = F V / S), for N <= D `np.linalg.svd(F, full_matrices=False)`,
+  whose min(N, D) = N singular values are those of F F^T (the dual form). Log det sums
+  log(alpha + beta sigma) over those k singular values only, as the official code does.
+  Classification one-vs-rest from `labels` (the official code loops over 0..max(labels); here
+  over the distinct labels, the same for contiguous labels), or regression over the columns of
+  `targets`. With `pad_log_det`, log det also counts the D - k missing eigenvalues as alpha
+  (thuml/LogME#23, PR #24): the exact evidence of `logme_exact`; identical when k = D.
   """
   f = np.asarray(features, np.float64)
   n, d = f.shape

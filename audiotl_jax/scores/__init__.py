@@ -18,8 +18,10 @@ and NCE, which read the source head), `h_score`, `bhattacharyya` (GBC), `coding_
 (`audiotl bench --only scores`).
 
 `SCORES` maps each name to (function(x, labels), higher_is_better); `INPUTS` says what x is.
-`logme_regression` (multi-label or continuous targets) and `logme_heldout` (training plus
-validation data) take other arguments and are called by name.
+`logme` is thuml/LogME's value, also for D > N where the official code leaves D - N
+eigenvalues out of log det; `logme_exact` is the exact evidence (the same number for N >= D).
+`logme_regression` / `logme_regression_exact` (multi-label or continuous targets) and
+`logme_heldout` (training plus validation data) take other arguments and are called by name.
 """
 import numpy as np
 
@@ -30,10 +32,12 @@ from audiotl_jax.scores.h_score import hscore
 from audiotl_jax.scores.h_score import hscore_core
 from audiotl_jax.scores.evidence import logme
 from audiotl_jax.scores.evidence import logme_core
+from audiotl_jax.scores.evidence import logme_exact
 from audiotl_jax.scores.evidence import logme_from_moments
 from audiotl_jax.scores.evidence import logme_heldout
 from audiotl_jax.scores.evidence import logme_regression
 from audiotl_jax.scores.evidence import logme_regression_core
+from audiotl_jax.scores.evidence import logme_regression_exact
 from audiotl_jax.scores.nc import nc_score
 from audiotl_jax.scores.nc import nc_score_core
 from audiotl_jax.scores.source import leep
@@ -66,6 +70,8 @@ def pca_dim_for(shape) -> int:
 SCORES = {
     "nc_score": (nc_score, False),
     "logme": (logme, True),
+    # The exact evidence; differs from `logme` (the official value) only when D > N.
+    "logme_exact": (logme_exact, True),
     "leep": (leep, True),
     "nce": (nce, True),
     "hscore": (hscore, True),
@@ -77,7 +83,8 @@ SCORES = {
 # What each score reads besides the target labels: the embedding, the source head's softmax
 # probabilities, or the source head's hard predictions (argmax).
 INPUTS = {
-    "nc_score": "features", "logme": "features", "hscore": "features", "gbc": "features",
+    "nc_score": "features", "logme": "features", "logme_exact": "features",
+    "hscore": "features", "gbc": "features",
     "gbc_spherical": "features", "transrate": "features", "leep": "probs",
     "nce": "source_labels",
 }

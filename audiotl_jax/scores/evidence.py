@@ -4,7 +4,11 @@ Two equivalent routes to the same fixed point, chosen by shape as the official c
   * N > D: eigendecompose the D x D Gram matrix F^T F. Only F^T F, F^T Y, ||y||^2 and N enter,
     which is what makes LogME streamable (`streaming.py` accumulates exactly these) and fast:
     one N x D x D product and one D x D eigh instead of an N x D SVD.
-  * N <= D: thin SVD of F (N x N work), which also covers D > N exactly.
+  * N <= D: thin SVD of F (N x N work).
+
+Two forms of the evidence, which differ only when D > N (see `logme`): the official code's
+(`logme`, `logme_regression`, the default, because published LogME numbers are this value)
+and the exact evidence of the model (`logme_exact`, `logme_regression_exact`).
 """
 import functools
 
@@ -51,11 +55,27 @@ def logme(features, labels) -> jax.Array:
   taken, as in the official code, with the final alpha and beta and the m of the last
   iteration; LogME is its mean over classes.
 
-  The official fixed-point code sums log(alpha + beta sigma) over the min(N, D) singular values
-  only, which drops (D - N) log(alpha) from log det when N < D (thuml/LogME issue #23, fix in
-  PR #24 acknowledged by the authors). Here the missing D - min(N, D) eigenvalues of the D x D
-  matrix count as alpha, so N < D gives the true evidence (the ICML-version value); N >= D
-  matches the official code exactly.
+  D > N (the official code's dual form). thuml/LogME's `_fit_fixed_point` takes the thin SVD of F,
+  whose N singular values are those of the N x N matrix F F^T, and sums log(alpha + beta sigma)
+  over these N values only. The D x D matrix alpha I_D + beta F^T F also has D - N eigenvalues
+  equal to alpha, so the official log det lacks (D - N) log alpha while the prior term D/2 log
+  alpha keeps all D dimensions (thuml/LogME issue #23, PR #24; LogME.py at thuml/LogME 56551ca,
+  which `bench/reference.py` transcribes, does not count them, and published LogME numbers come
+  from that code). The official value is therefore not the evidence of the model: it exceeds it by
+  (D - N) / (2N) log alpha, and alpha grows as the square of the feature scale, so rescaling F by
+  c adds about (D - N) / N log c to it while the true evidence stays put. It can be positive where
+  the true evidence is negative (40 clips of 128-d clustered features at scale 0.01,
+  `tests/test_logme_dual.py`: 1.393 against -0.263).
+
+  `logme` returns the official value, because that is what papers report and compare against
+  (768-d embeddings of a few hundred clips are common, and a LogME that disagreed with the
+  official code there would not be comparable with published rankings). `logme_exact` counts the
+  missing eigenvalues as alpha and returns the true maximum evidence (the papers' formula with the
+  D x D matrix A = alpha I_D + beta F^T F in log |A|). For N >= D the two are the same number;
+  both then equal the official code on full-rank features. (On rank-deficient N > D features,
+  directions below the eigenvalue threshold count as alpha in both forms; the official code keeps
+  any singular value above 1e-10, where log(alpha + beta sigma) is log alpha to rounding, and
+  leaves out only those below, in practice exact zeros such as dead units.)
 
   Float32 (x64 off) agrees with float64 to ~1e-5 relative on well-conditioned features
   (observed <= 2e-5 on the test data, including D > N): for N > D the Gram matrix squares the
@@ -74,12 +94,35 @@ def logme(features, labels) -> jax.Array:
   return logme_core(features, labels, num_classes=classes.size)
 
 
+def logme_exact(features, labels) -> jax.Array:
+  """LogME as the exact maximum evidence, also for D > N. Higher is better.
+
+  `logme` with log det(alpha I_D + beta F^T F) over all D eigenvalues: for D > N the D - N
+  that the official code leaves out count as alpha (thuml/LogME issue #23, PR #24). Equal to
+  `logme` for N >= D. Unlike `logme` for D > N, invariant (up to the 1e-5 guards of the
+  fixed point) to rescaling the features, so it compares layers or models of different
+  feature scales on equal terms; its numbers are not those of published LogME tables. See
+  `logme` for the derivation, references and float32 error.
+
+  Args:
+    features: (N, D) embeddings, finite; N < D is fine.
+    labels: (N,) integers, any values, at least 2 classes.
+
+  Returns:
+    A 0-d array.
+  """
+  features, labels, classes, _ = _checks.check_features(features, labels)
+  return logme_core(features, labels, num_classes=classes.size, exact=True)
+
+
 def logme_regression(features, targets) -> jax.Array:
   """LogME for continuous or multi-label targets (the official `regression=True`). Higher is better.
 
   The same evidence as `logme`, with each column of `targets` as one target y (a multi-hot
   label matrix gives one binary target per class, i.e. one-vs-rest for multi-label data), and
-  the mean over columns. References and float32 error as `logme`.
+  the mean over columns. As `logme`, the official value for D > N (log det over the N
+  singular values only); `logme_regression_exact` gives the exact evidence. References and
+  float32 error as `logme`.
 
   Args:
     features: (N, D) embeddings, finite.
@@ -89,6 +132,24 @@ def logme_regression(features, targets) -> jax.Array:
   Returns:
     A 0-d array.
   """
+  return logme_regression_core(*_check_targets(features, targets))
+
+
+def logme_regression_exact(features, targets) -> jax.Array:
+  """`logme_regression` as the exact evidence for D > N (as `logme_exact`). Higher is better.
+
+  Args:
+    features: (N, D) embeddings, finite.
+    targets: (N,) or (N, K) numbers, finite, no constant column.
+
+  Returns:
+    A 0-d array.
+  """
+  return logme_regression_core(*_check_targets(features, targets), exact=True)
+
+
+def _check_targets(features, targets):
+  """(features, (N, K) targets), checked as `logme_regression` documents."""
   features = _checks.check_matrix(features, "features")
   targets = np.asarray(targets)
   if targets.ndim == 1:
@@ -104,30 +165,33 @@ def logme_regression(features, targets) -> jax.Array:
     raise UserError(f"{int(constant.sum())} target column(s) are constant (e.g. column "
                     f"{int(np.argmax(constant))}): a class with no positive, or none negative? "
                     "drop those columns")
-  return logme_regression_core(features, targets)
+  return features, targets
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def logme_core(features: jax.Array, labels: jax.Array, *, num_classes: int) -> jax.Array:
-  """`logme` on contiguous labels in [0, num_classes)."""
+@functools.partial(jax.jit, static_argnames=("num_classes", "exact"))
+def logme_core(features: jax.Array, labels: jax.Array, *, num_classes: int,
+               exact: bool = False) -> jax.Array:
+  """`logme` (or with `exact`, `logme_exact`) on contiguous labels in [0, num_classes)."""
   num_samples, dim = features.shape
   if num_samples > dim:
     # F^T Y for one-hot Y is the per-class sum of features; ||y_c||^2 is the class count.
     fty = jax.ops.segment_sum(features, labels, num_classes).T
     yty = jax.ops.segment_sum(jnp.ones_like(labels, features.dtype), labels, num_classes)
-    return logme_from_moments(gram(features), fty, yty, num_samples=num_samples)
-  return _logme_svd(features, jax.nn.one_hot(labels, num_classes, dtype=features.dtype))
+    return logme_from_moments(gram(features), fty, yty, num_samples=num_samples, exact=exact)
+  return _logme_svd(features, jax.nn.one_hot(labels, num_classes, dtype=features.dtype),
+                    exact=exact)
 
 
-@jax.jit
-def logme_regression_core(features: jax.Array, targets: jax.Array) -> jax.Array:
-  """`logme_regression` on a checked (N, K) target matrix."""
+@functools.partial(jax.jit, static_argnames=("exact",))
+def logme_regression_core(features: jax.Array, targets: jax.Array, *,
+                          exact: bool = False) -> jax.Array:
+  """`logme_regression` (or with `exact`, the exact form) on a checked (N, K) target matrix."""
   num_samples, dim = features.shape
   if num_samples > dim:
     fty = jnp.matmul(features.T, targets, precision=_checks.HIGHEST)
     return logme_from_moments(gram(features), fty, jnp.sum(jnp.square(targets), axis=0),
-                              num_samples=num_samples)
-  return _logme_svd(features, targets)
+                              num_samples=num_samples, exact=exact)
+  return _logme_svd(features, targets, exact=exact)
 
 
 def gram(features: jax.Array) -> jax.Array:
@@ -135,17 +199,23 @@ def gram(features: jax.Array) -> jax.Array:
   return jnp.matmul(features.T, features, precision=_checks.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples",))
+@functools.partial(jax.jit, static_argnames=("num_samples", "exact"))
 def logme_from_moments(gram_matrix: jax.Array, fty: jax.Array, yty: jax.Array, *,
-                       num_samples: int) -> jax.Array:
+                       num_samples: int, exact: bool = False) -> jax.Array:
   """LogME from its sufficient statistics: F^T F (D, D), F^T Y (D, K), ||y_k||^2 (K,) and N.
 
   The Gram route of the official code (`truncated_svd`): F^T F = V diag(sigma) V^T, so that
-  x = U^T y = V^T F^T y / sqrt(sigma) without forming U. Meant for N > D (for N <= D the Gram
-  matrix is rank-deficient by construction; `logme` takes the SVD there).
+  x = U^T y = V^T F^T y / sqrt(sigma) without forming U. Meant for N > D, where `exact` changes
+  nothing. For N <= D the Gram matrix has at most N nonzero eigenvalues, so only the top N are
+  kept, as the thin SVD of F would give them (`logme` takes that SVD, which is more accurate;
+  `streaming.py` refuses N <= D); then `exact` selects the exact evidence over the official
+  value as in `logme_exact`.
   """
   dim = gram_matrix.shape[0]
   sigma, v = jnp.linalg.eigh(gram_matrix, symmetrize_input=False)
+  if num_samples < dim:
+    # eigh sorts ascending; the bottom D - N are zero up to rounding (the null space of F).
+    sigma, v = sigma[dim - num_samples:], v[:, dim - num_samples:]
   # The official code keeps singular values above 1e-10 (sigma > 1e-20); rounding noise of the
   # eigensolver is ~eps * max(sigma), so anything below D * eps * max is noise as well.
   eps = jnp.finfo(sigma.dtype).eps
@@ -155,12 +225,12 @@ def logme_from_moments(gram_matrix: jax.Array, fty: jax.Array, yty: jax.Array, *
   sigma = jnp.where(keep, sigma, 0)
   outside = jnp.maximum(yty - jnp.sum(x2, axis=0), 0)  # ||y||^2 - ||x||^2, >= 0 in exact math
   evidence = jax.vmap(
-      functools.partial(_evidence, sigma=sigma, num_samples=num_samples, dim=dim),
+      functools.partial(_evidence, sigma=sigma, num_samples=num_samples, dim=dim, exact=exact),
       in_axes=(1, 0))(x2, outside)
   return jnp.mean(evidence)
 
 
-def _logme_svd(features: jax.Array, targets: jax.Array) -> jax.Array:
+def _logme_svd(features: jax.Array, targets: jax.Array, *, exact: bool) -> jax.Array:
   """The thin-SVD route, for N <= D (the official code's other branch)."""
   num_samples, dim = features.shape
   u, s, _ = jnp.linalg.svd(features, full_matrices=False)
@@ -170,7 +240,8 @@ def _logme_svd(features: jax.Array, targets: jax.Array) -> jax.Array:
   outside = jnp.sum(
       jnp.square(targets - jnp.matmul(u, projected, precision=_checks.HIGHEST)), axis=0)
   evidence = jax.vmap(
-      functools.partial(_evidence, sigma=jnp.square(s), num_samples=num_samples, dim=dim),
+      functools.partial(_evidence, sigma=jnp.square(s), num_samples=num_samples, dim=dim,
+                        exact=exact),
       in_axes=(1, 0))(jnp.square(projected), outside)
   return jnp.mean(evidence)
 
@@ -179,7 +250,7 @@ def _fixed_point(x2: jax.Array, outside: jax.Array, *, sigma: jax.Array, num_sam
   """The official fixed-point iteration for one target: final (alpha, beta, m^T m, residual).
 
   Entries of sigma may be 0 (dropped directions): they then add nothing to gamma, m^T m or the
-  in-span residual, and count as alpha in log det, like the D - k missing eigenvalues.
+  in-span residual, and count as alpha in log det (in both forms of `_evidence`).
   """
   n = jnp.asarray(num_samples, sigma.dtype)
 
@@ -204,13 +275,18 @@ def _fixed_point(x2: jax.Array, outside: jax.Array, *, sigma: jax.Array, num_sam
 
 
 def _evidence(x2: jax.Array, outside: jax.Array, *, sigma: jax.Array, num_samples: int,
-              dim: int) -> jax.Array:
-  """Fixed-point maximum evidence / N for one target, given x^2 = (U^T y)^2 and sigma = s^2."""
+              dim: int, exact: bool) -> jax.Array:
+  """Fixed-point maximum evidence / N for one target, given x^2 = (U^T y)^2 and sigma = s^2.
+
+  sigma has k = min(N, D) entries. log det(alpha I_D + beta F^T F) has k eigenvalues
+  alpha + beta sigma and D - k equal to alpha: `exact` counts those, the official code (and
+  `exact=False`) does not (see `logme`).
+  """
   n = jnp.asarray(num_samples, sigma.dtype)
   alpha, beta, m2, res2 = _fixed_point(x2, outside, sigma=sigma, num_samples=num_samples)
-  # log det(alpha I_D + beta F^T F): k = len(sigma) eigenvalues alpha + beta sigma, and the other
-  # D - k are alpha (see `logme` on why the official code's omission is not copied).
-  log_det = jnp.sum(jnp.log(alpha + beta * sigma)) + (dim - sigma.shape[0]) * jnp.log(alpha)
+  log_det = jnp.sum(jnp.log(alpha + beta * sigma))
+  if exact:
+    log_det += (dim - sigma.shape[0]) * jnp.log(alpha)
   evidence = (dim / 2 * jnp.log(alpha) + n / 2 * jnp.log(beta) - 0.5 * log_det
               - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * jnp.log(2 * jnp.pi))
   return evidence / n
