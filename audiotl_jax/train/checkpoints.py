@@ -9,11 +9,14 @@ Saving is asynchronous and atomic (Orbax writes to a temporary directory and ren
 keeps the latest `keep` steps plus the best by the validation metric.
 """
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -29,13 +32,28 @@ class Checkpointer:
                best_mode: str = "max"):
     self.directory = Path(workdir).resolve() / "checkpoints"
     preserve = [policies.LatestN(n=keep)]
+    best_fn = None
     if best_metric:
+      worst = float("-inf") if best_mode == "max" else float("inf")
+
+      def best_fn(m):
+        # A NaN metric (a validation split too small to score) must never rank as best; equal
+        # values keep step order, so among ties the latest step wins.
+        value = float(m[best_metric])
+        return worst if math.isnan(value) else value
+
       preserve.append(policies.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
+          get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
           keep_checkpoints_without_metrics=False))
+    # `best_fn` is what makes Orbax write each step's metrics (a `metrics` item in the step
+    # folder) and rank steps by them in `best_step()`; without it the metrics are dropped and
+    # `best_step()` is the latest. A new manager reads them back, so the best survives a resume.
+    # The preservation policy (which overrides deletion, not ranking) keeps the best plus the
+    # latest `keep`.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policies.AnyPreservationPolicy(preserve), create=True,
-        enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        preservation_policy=policies.AnyPreservationPolicy(preserve), best_fn=best_fn,
+        best_mode=best_mode, create=True, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True)
     handlers = {
         "model": ocp.StandardCheckpointHandler(),
         "train": ocp.StandardCheckpointHandler(),
@@ -69,8 +87,24 @@ class Checkpointer:
         model=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)), force=True)
 
   def restore(self, step: int, abstract_state, data_iter):
-    """Restores the full train state (laid out like `abstract_state`) and the iterator in place."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    """Restores the full train state (laid out like `abstract_state`) and the iterator in place.
+
+    Every array is restored into the sharding of its counterpart in `abstract_state` (the fresh
+    state on the current mesh), never the one recorded at save time: a run saved on 8 devices
+    resumes on 1 or 2. A leaf without a sharding (a host array) is replicated on the devices
+    of the state's other leaves.
+    """
+    shardings = [x.sharding for x in jax.tree.leaves(abstract_state) if hasattr(x, "sharding")]
+    if not shardings:
+      raise ValueError("restore needs a state laid out on the current mesh")
+    fallback = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(list(shardings[0].device_set)), ("d",)),
+        jax.sharding.PartitionSpec())
+
+    def target(x):
+      return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", fallback))
+
+    abstract = jax.tree.map(target, abstract_state)
     args = {
         "model": ocp.args.StandardRestore(
             {"params": abstract.params, "batch_stats": abstract.batch_stats}),
@@ -128,6 +162,19 @@ def read_metadata(path: Path) -> dict:
   return ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
 
 
+def _host_targets(metadata) -> Any:
+  """Restore targets for a saved tree, on this process's first device.
+
+  Without targets Orbax rebuilds each array with the sharding it was saved with, which names
+  the devices of the writing run: a checkpoint saved on 8 devices would not load on 1 or 2.
+  Shapes and dtypes come from the checkpoint itself, so no model needs building first.
+  """
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+      if hasattr(m, "shape") and hasattr(m, "dtype") else m, metadata)
+
+
 def load_model(path: Path) -> tuple[dict, dict, Path]:
   """Loads {params, batch_stats} and metadata from a workdir or step folder (host arrays).
 
@@ -136,7 +183,8 @@ def load_model(path: Path) -> tuple[dict, dict, Path]:
   step_dir = _step_dir(path)
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      model = ckptr.restore(step_dir / "model")
+      model = ckptr.restore(step_dir / "model", _host_targets(
+          ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "model"))))
   except Exception as e:  # Orbax raises many types for a damaged folder; name the folder.
     raise UserError(f"could not read the model checkpoint in {step_dir}: {e}") from e
   model = jax.tree.map(lambda x: jax.device_get(x), model)
