@@ -173,6 +173,31 @@ def _walk(config, dotted: str):
     node = node[part]
 
 
+def changed_keys(old: dict, new: dict, *, ignore=()) -> list[str]:
+  """Dotted keys whose values differ between two config dicts (added and removed keys too).
+
+  `ignore` holds dotted keys (or prefixes) whose changes do not matter to the caller.
+  """
+  out = []
+
+  def walk(a, b, prefix):
+    for key in sorted(set(a) | set(b)):
+      dotted = f"{prefix}{key}"
+      if any(dotted == i or dotted.startswith(i + ".") for i in ignore):
+        continue
+      x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+      if isinstance(x, dict) and isinstance(y, dict):
+        walk(x, y, dotted + ".")
+      elif x != y:
+        out.append(dotted)
+
+  walk(old, new, "")
+  return out
+
+
+_MISSING = object()
+
+
 def to_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 

@@ -49,6 +49,9 @@ def get_config(arg=None):
   c.log_every = 50
   c.keep_checkpoints = 1
   c.seed = 0
+  # Resuming under a config that changes results is refused unless this is set (the old config
+  # is then kept in config_history/).
+  c.allow_changes = False
   c.num_devices = 0
   c.progress = True
   if arg.runlocal:

@@ -38,6 +38,9 @@ def get_config(arg=None):
   c.checkpoint_every = 500      # steps between evaluations, each one saved; and at the end
   c.keep_checkpoints = 2
   c.seed = 0
+  # Resuming under a config that changes results is refused unless this is set (the old config
+  # is then kept in config_history/).
+  c.allow_changes = False
   c.num_devices = 0             # 0: every visible device
   c.progress = True
   c.init_only = False           # save the randomly initialised model and stop (a scratch baseline)

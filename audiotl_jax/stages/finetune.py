@@ -22,9 +22,33 @@ from audiotl_jax.train import adapters, checkpoints, loop, metrics as metrics_li
 from audiotl_jax.train import step as step_lib
 
 
+def _check_before_writing(config) -> None:
+  """Names, paths and the model, checked before any file is written or any data is read.
+
+  A pre-trained checkpoint brings its own model: config key 'model.name' is set to it, so the
+  config.json of the run says what was really trained.
+  """
+  if config.init:
+    init = Path(config.init)
+    if init.is_file():
+      raise UserError(f"config key 'init': {init} is a file; give a pre-training workdir, its "
+                      f"checkpoints/ folder or one step folder")
+    source = checkpoints.read_metadata(init)  # a one-line error for anything but a checkpoint
+    if source["model"] != config.model.name:
+      print(f"finetune: config key 'model.name' is {config.model.name!r} but {init} holds "
+            f"{source['model']!r}; fine-tuning {source['model']!r}")
+      with config.unlocked():
+        config.model.name = source["model"]
+  # Strategy, model and PETL options: building the (parameter-free) module checks them all.
+  transfer.model_for(config.strategy, config.model.name, num_classes=2,
+                     petl_config=config.get("petl"), **step_lib.model_options(config.model))
+  PreparedDataset(config.data.dir)
+
+
 def run(config, workdir) -> dict:
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
+  _check_before_writing(config)
   done = loop.begin(config, workdir, "finetune")
   if done is not None:
     return done

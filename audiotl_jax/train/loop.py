@@ -58,8 +58,44 @@ def begin(config, workdir: Path, stage: str) -> dict | None:
   """
   done = checkpoints.finished_run(workdir, stage)
   if done is None:
+    _check_resume_config(config, workdir)
     config_lib.write(config, workdir)
   return done
+
+
+# Keys that change how a run is watched or laid out, never what it computes: a resume may
+# change them freely. Everything else must match the run being resumed.
+RESUMABLE_CHANGES = ("progress", "log_every", "num_devices", "stop_at", "keep_checkpoints",
+                     "allow_changes", "data.worker_count", "data.dir")
+
+
+def _check_resume_config(config, workdir: Path) -> None:
+  """Refuses to resume a run under a config that would change its results, unless allowed.
+
+  With `allow_changes`, the old config.json is kept in `config_history/` before the new one
+  replaces it, so the workdir still says what every part of the run was computed with.
+  """
+  path = workdir / "config.json"
+  ckpt = workdir / "checkpoints"
+  if not path.exists() or not (ckpt.is_dir() and checkpoints.finished_steps(ckpt)):
+    return  # nothing to resume: the config describes a fresh run
+  try:
+    old = json.loads(path.read_text())
+  except ValueError:
+    return  # unreadable (a crash mid-write in an old version): nothing to compare with
+  changed = config_lib.changed_keys(old, config_lib.to_dict(config), ignore=RESUMABLE_CHANGES)
+  if not changed:
+    return
+  if not config.get("allow_changes", False):
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    raise UserError(f"{workdir} holds a run started with another config ({shown} differ from "
+                    f"its config.json); resume with the same settings, use a new workdir, or "
+                    f"pass --config.allow_changes=true to go on with the new ones")
+  history = workdir / "config_history"
+  history.mkdir(exist_ok=True)
+  kept = history / f"config.{len(list(history.glob('config.*.json'))):03d}.json"
+  kept.write_text(path.read_text())
+  print(f"resume: config keys {', '.join(changed)} changed (allowed); the old config is in {kept}")
 
 
 def check_sample_rate(dataset, fcfg) -> None:
