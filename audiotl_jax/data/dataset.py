@@ -45,6 +45,26 @@ def shard_damage(path: Path, num_records: int | None) -> str | None:
   return None
 
 
+def _check_manifest(m: dict, path: Path) -> None:
+  """What a reader of the manifest indexes, checked once at open: a hand-edited or damaged
+  manifest otherwise ends in a KeyError or IndexError far from the file."""
+  if not isinstance(m.get("classes"), list):
+    raise UserError(f"{path}: no 'classes' list (the label names, in index order)")
+  if not isinstance(m.get("splits"), dict):
+    raise UserError(f"{path}: no 'splits' (split name -> its shards and counts); run "
+                    "`audiotl prepare` again there")
+  n = len(m["classes"])
+  for split, entry in m["splits"].items():
+    missing = [k for k in ("shards", "num_records")
+               if not isinstance(entry, dict) or k not in entry]
+    if missing:
+      raise UserError(f"{path}: split {split!r} has no {', '.join(map(repr, missing))}")
+    counts = entry.get("class_counts")
+    if counts is not None and len(counts) != n:
+      raise UserError(f"{path}: split {split!r} counts labels of {len(counts)} classes, but "
+                      f"'classes' lists {n}")
+
+
 class PreparedDataset:
   """A directory written by `prepare`, opened through its manifest."""
 
@@ -66,6 +86,7 @@ class PreparedDataset:
                       "prepare again into the same directory (its finished shards are kept)")
     if found != FORMAT:
       raise UserError(f"{manifest_path}: expected format {FORMAT!r}, got {found!r}")
+    _check_manifest(self.manifest, manifest_path)
     self._labels = {}
     self._verified = set()
 
@@ -87,8 +108,16 @@ class PreparedDataset:
   def _labels_npz(self, split: str) -> dict:
     self._split(split)
     if split not in self._labels:
-      with np.load(self.path / f"{split}.labels.npz") as z:
-        self._labels[split] = {k: z[k] for k in ("ids", "offsets", "values")}
+      path = self.path / f"{split}.labels.npz"
+      with np.load(path) as z:
+        labels = {k: z[k] for k in ("ids", "offsets", "values")}
+      values = labels["values"]
+      bad = values[(values < 0) | (values >= self.num_classes)][:1]
+      if bad.size:
+        # One vectorised pass per split; past here a label indexes class tables unchecked.
+        raise UserError(f"{self.path / 'manifest.json'}: {path} holds label {int(bad[0])}, but "
+                        f"'classes' lists {self.num_classes} (indices 0-{self.num_classes - 1})")
+      self._labels[split] = labels
     return self._labels[split]
 
   def labels_csr(self, split: str) -> tuple[np.ndarray, np.ndarray]:

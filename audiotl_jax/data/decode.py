@@ -84,17 +84,21 @@ def _decode(path: str, max_seconds: float | None,
 
 
 def load_clip(path, sample_rate: int, clip_seconds: float | None, *, start: float = 0.0,
-              duration: float | None = None, notes: list | None = None) -> np.ndarray:
+              duration: float | None = None, notes: list | None = None,
+              info: dict | None = None) -> np.ndarray:
   """Decode, downmix (mean), resample (soxr HQ), pad/crop from the start, convert to int16.
 
   `start`/`duration` (seconds) read a span of the file. Clipping (samples beyond full scale) is
-  kept, saturated, and said in `notes`.
+  kept, saturated, and said in `notes`. `info` gets the file's own `sample_rate`, so prepare can
+  say what it resampled.
   """
   spans = [s for s in (clip_seconds, duration) if s is not None]
   max_seconds = min(spans) + _READ_MARGIN_SECONDS if spans else None
   x, sr, note = _decode(str(path), max_seconds, start)
   if note and notes is not None:
     notes.append(note)
+  if info is not None:
+    info["sample_rate"] = int(sr)
   if duration is not None:
     x = x[:int(round(duration * sr))]
   if x.size == 0:

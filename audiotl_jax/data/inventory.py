@@ -3,7 +3,8 @@
 `Tally` counts as prepare streams: rows = records + skipped files + dropped rows, and per log
 (skipped, dropped, kept, notes) how often each kind of reason occurred; the records themselves go
 to the JSONL logs. `coverage` (AudioSet): per split and class, the segments the CSV lists, found
-on disk, and prepared. `summary` is what prepare prints.
+on disk, and prepared. `summary` is what prepare prints (with the source sample rates when some
+files were resampled).
 """
 import collections
 import dataclasses
@@ -25,6 +26,8 @@ class Tally:
   items: int = 0  # listed items (rows that reached prepare)
   reasons: dict = dataclasses.field(default_factory=lambda: {
       k: collections.Counter() for k in ("skipped", "dropped", "kept", "notes")})
+  # Records per sample rate of their source files (str: JSON keys; "unknown" for old shards).
+  source_rates: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   _dropped_rows: int = 0
   _last_dropped: tuple | None = None
 
@@ -49,6 +52,29 @@ class Tally:
             "records": sum(s["num_records"] for s in manifest["splits"].values()),
             "skipped": n["skipped"], "dropped": self._dropped_rows,
             "kept_with_problems": n["kept"], "notes": n["notes"]}
+
+  def rates(self) -> dict:
+    """`source_rates` for the manifest: by rate, lowest first, "unknown" last."""
+    def order(r):
+      return (not r.isdigit(), int(r) if r.isdigit() else 0)
+    return {r: self.source_rates[r] for r in sorted(self.source_rates, key=order)
+            if self.source_rates[r]}
+
+
+def _format_rates(manifest: dict) -> list[str]:
+  """One line when some records were resampled (or their rate is unknown), none when every file
+  had the target rate: the common case stays as quiet as before."""
+  rates, target = manifest.get("source_sample_rates", {}), str(manifest["sample_rate"])
+  other = sum(n for r, n in rates.items() if r.isdigit() and r != target)
+  unknown = rates.get("unknown", 0)
+  said = []
+  if other:
+    known = ", ".join(f"{r} Hz x {n}" for r, n in rates.items() if r.isdigit())
+    said.append(f"resampled {other} of {sum(rates.values())} records to {target} Hz (source "
+                f"rates: {known})")
+  if unknown:
+    said.append(f"source rate unknown for {unknown} records (shards kept from an older prepare)")
+  return ["  " + "; ".join(said)] if said else []
 
 
 def coverage(listing: DatasetListing, manifest: dict) -> dict:
@@ -94,6 +120,7 @@ def summary(manifest: dict, out_dir: Path) -> str:
     lines.append(f"  kept with notes: {c['notes']} files (notes.jsonl)" + _reasons(reasons["notes"]))
   lines.append(f"  rows {c['rows']} = {c['records']} records + {c['skipped']} skipped + "
                f"{c['dropped']} dropped from the listing")
+  lines += _format_rates(manifest)
   if "coverage" in manifest:
     lines += _format_coverage(manifest["coverage"])
   if c["dropped"] or c["kept_with_problems"]:

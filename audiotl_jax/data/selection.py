@@ -36,6 +36,9 @@ def _records_with_targets(labels: list[np.ndarray], class_map: np.ndarray) -> np
 def pretrain(dataset, dcfg, ontology=None) -> Selection:
   """The pre-training selection for config `data` (keys: train_split, test_split, subset,
   num_classes, fraction, val_fraction, seed)."""
+  if dcfg.train_split not in dataset.splits:  # before its class counts are read
+    raise UserError(f"config key 'data.train_split' = {dcfg.train_split!r} is not a split of "
+                    f"{dataset.path}; splits: {', '.join(dataset.splits)}")
   ontology = ontology or ontology_lib.Ontology.load()
   ds_ids = [c["id"] for c in dataset.classes]
   if dcfg.subset:
@@ -67,9 +70,6 @@ def pretrain(dataset, dcfg, ontology=None) -> Selection:
   if len(pool) < 2:
     raise UserError(f"subset {dcfg.subset or 'all'!r} has {len(pool)} training clips in "
                     f"{dataset.path} (split {dcfg.train_split!r}); need at least 2")
-  if dcfg.train_split not in dataset.splits:
-    raise UserError(f"config key 'data.train_split' = {dcfg.train_split!r} is not a split of "
-                    f"{dataset.path}; splits: {', '.join(dataset.splits)}")
   rng = np.random.default_rng(int(dcfg.seed))
   order = rng.permutation(pool)
   n_val = max(1, int(round(dcfg.val_fraction * len(pool))))

@@ -2,7 +2,7 @@
 
 Layout of a prepared directory:
   <split>-<k:05d>.array_record  records (see `records.py`), items of the split in listing order
-  <split>-<k:05d>.json          sidecar: ids, label indices, samples and skips of that shard
+  <split>-<k:05d>.json          sidecar: ids, label indices, samples, source rates and skips
   <split>.labels.npz            ids, offsets (n+1), values: labels of every record of the split
   skipped.jsonl                 files that could not be decoded, one per line, with the reason
   problems.jsonl                the listing's problems (rows dropped or kept; see readers/common)
@@ -86,13 +86,13 @@ def _write_shard(task: dict) -> dict:
   out_dir, stem = Path(task["out_dir"]), task["stem"]
   tmp = out_dir / f"{stem}.array_record.tmp"
   side = {"fingerprint": task["fingerprint"], "stem": stem, "split": task["split"], "ids": [],
-          "labels": [], "num_samples": [], "skipped": [], "notes": []}
+          "labels": [], "num_samples": [], "skipped": [], "notes": [], "source_rates": {}}
   writer = ArrayRecordWriter(str(tmp), "group_size:1")
   for id_, path, labels, start, duration in task["items"]:
-    notes = []
+    notes, info = [], {}
     try:
       audio = load_clip(path, task["sample_rate"], task["clip_seconds"], start=start,
-                        duration=duration, notes=notes)
+                        duration=duration, notes=notes, info=info)
     except Skip as e:
       side["skipped"].append({"split": task["split"], "id": id_, "path": path, "reason": str(e)})
       continue
@@ -101,6 +101,8 @@ def _write_shard(task: dict) -> dict:
     side["ids"].append(id_)
     side["labels"].append(labels)
     side["num_samples"].append(len(audio))
+    rate = str(info["sample_rate"])  # a JSON key
+    side["source_rates"][rate] = side["source_rates"].get(rate, 0) + 1
   writer.close()
   os.replace(tmp, out_dir / f"{stem}.array_record")
   _write_json(out_dir / f"{stem}.json", side)
@@ -223,7 +225,8 @@ def _npy_member(zf: zipfile.ZipFile, name: str, dtype, n: int, chunks) -> None:
 
 def _assemble_split(out_dir: Path, split: str, stems: list[str], num_classes: int,
                     sample_rate: int, logs: dict, tally: inventory.Tally) -> dict:
-  """The split's manifest entry and `<split>.labels.npz`, from its sidecars, one at a time."""
+  """The split's manifest entry and `<split>.labels.npz`, from its sidecars, one at a time.
+  Adds the split's records to `tally`'s source sample rates."""
   counts = np.zeros(num_classes, np.int64)
   shard_records = []
   n = n_values = samples = 0
@@ -241,6 +244,8 @@ def _assemble_split(out_dir: Path, split: str, stems: list[str], num_classes: in
       tally.log(logs, "skipped", s, s["reason"])
     for note in side["notes"]:
       tally.log(logs, "notes", note, note["note"])
+    # Shards kept from a prepare that did not record rates: said, not guessed.
+    tally.source_rates.update(side.get("source_rates", {"unknown": len(side["ids"])}))
 
   def column(key, f):
     for stem in stems:
@@ -280,8 +285,9 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
 
   Every source row is accounted for (`inventory.py`): the manifest's `counts` (rows = records +
   skipped + dropped) and `reasons` (per kind) summarise `skipped.jsonl` (files, with reasons),
-  `problems.jsonl` (the listing's) and `notes.jsonl` (files kept despite damage). For AudioSet it
-  also has `coverage` (per class: listed, found, prepared, missing).
+  `problems.jsonl` (the listing's) and `notes.jsonl` (files kept despite damage), and
+  `source_sample_rates` counts the records per rate their files had before resampling. For
+  AudioSet it also has `coverage` (per class: listed, found, prepared, missing).
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +324,7 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
   for name in LOGS:
     os.replace(out_dir / f"{name}.jsonl.tmp", out_dir / f"{name}.jsonl")
   manifest["counts"], manifest["reasons"] = tally.counts(manifest), tally.reasons
+  manifest["source_sample_rates"] = tally.rates()
   if listing.coverage:
     manifest["coverage"] = inventory.coverage(listing, manifest)
   _write_json(out_dir / "manifest.json", manifest)

@@ -30,8 +30,11 @@ READERS: dict[str, Callable[..., DatasetListing]] = {
     "folders": class_folders,
 }
 
-__all__ = ["AUDIO_EXTENSIONS", "DatasetListing", "Item", "READERS", "default_options",
-           "get_reader"]
+# Readers whose `root` is a file, and what file; every other reader's `root` is a folder.
+FILE_ROOTS = {"csv": "a CSV file (path,label[,split])"}
+
+__all__ = ["AUDIO_EXTENSIONS", "DatasetListing", "FILE_ROOTS", "Item", "READERS",
+           "default_options", "get_reader"]
 
 
 def get_reader(name: str) -> Callable[..., DatasetListing]:

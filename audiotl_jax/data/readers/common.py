@@ -106,12 +106,16 @@ def problem(split, id, path, reason, *, dropped=True, row=None) -> dict:
 
 
 def require_dir(path: Path, what: str) -> Path:
+  if path.is_file():
+    raise UserError(f"{what}: {path} is a file; this needs a folder")
   if not path.is_dir():
-    raise UserError(f"{what}: {path} is not a directory")
+    raise UserError(f"{what}: {path} is not a directory: it does not exist")
   return path
 
 
 def require_file(path: Path, what: str) -> Path:
+  if path.is_dir():
+    raise UserError(f"{what}: {path} is a directory; this needs a file")
   if not path.is_file():
     raise UserError(f"{what}: {path} does not exist")
   return path

@@ -27,10 +27,24 @@ def _carve_rows(rows, validation_fraction, test_fraction, seed):
   return [(rel, labels, s) for (rel, labels, _), s in zip(rows, carved)]
 
 
+def _carve_validation(rows, validation_fraction, seed):
+  """Validation carved from the train rows, in place: the other rows keep their split and every
+  row its position (shards follow the listing's order)."""
+  train = [i for i, r in enumerate(rows) if r[2] == "train"]
+  carved = _carve_rows([rows[i] for i in train], validation_fraction, 0.0, seed)
+  out = list(rows)
+  for i, row in zip(train, carved):
+    out[i] = row
+  return out
+
+
 def csv_manifest(path, *, validation_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 0) -> DatasetListing:
   """A CSV with header `path,label[,split]`; paths are relative to the CSV's folder.
 
+  Splits are train, validation, test (any other name is an error). Without a split column,
+  validation and test are carved; with train and test but no validation, validation is carved
+  from train, as `class_folders` does (a CSV of train rows only keeps them all in train).
   Several labels per row are separated by `;` (the task is then "multilabel"). The file is read
   one row per line (a path cannot contain a newline), so a row with broken quoting costs that row
   only; each bad row is a problem with its line number.
@@ -58,6 +72,10 @@ def csv_manifest(path, *, validation_fraction: float = 0.1, test_fraction: float
     row = dict(zip(header, (x.strip() for x in fields)))
     rel, split = row["path"], row.get("split", "")
     labels = tuple(dict.fromkeys(x.strip() for x in row["label"].split(";") if x.strip()))
+    if split and split not in SPLIT_FOLDERS:
+      # A typo (`tset`) would otherwise become a split of its own that no run ever tests on.
+      raise UserError(f"{path}, row {line_no}: split {split!r} is not one of "
+                      f"{', '.join(SPLIT_FOLDERS)}")
     if not rel:
       problems.append(problem(split or None, None, path, "empty path", row=line_no))
     elif not labels:
@@ -71,13 +89,16 @@ def csv_manifest(path, *, validation_fraction: float = 0.1, test_fraction: float
     else:
       seen.add((split, rel))
       rows.append((rel, labels, split))
+  source = {"reader": "csv", "root": str(path.parent), "path": str(path)}
+  given = {r[2] for r in rows}
   if "split" not in header:
     rows = _carve_rows(rows, validation_fraction, test_fraction, seed)
+    source.update(validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed)
+  elif {"train", "test"} <= given and "validation" not in given:
+    rows = _carve_validation(rows, validation_fraction, seed)
+    source.update(validation_fraction=validation_fraction, seed=seed)
   task, classes = _task(rows)
   items = [Item(rel, path.parent / rel, labels, split) for rel, labels, split in rows]
-  source = {"reader": "csv", "root": str(path.parent), "path": str(path)}
-  if "split" not in header:
-    source.update(validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed)
   return DatasetListing(path.stem, task, [{"id": c, "name": c} for c in classes], items,
                         problems, source)
 
@@ -111,8 +132,7 @@ def class_folders(root, *, validation_fraction: float = 0.1, test_fraction: floa
   if not by_split:
     rows = _carve_rows(rows, validation_fraction, test_fraction, seed)
   elif "validation" not in by_split:
-    train = [r for r in rows if r[2] == "train"]
-    rows = _carve_rows(train, validation_fraction, 0.0, seed) + [r for r in rows if r[2] != "train"]
+    rows = _carve_validation(rows, validation_fraction, seed)
   task, classes = _task(rows)
   items = [Item(rel, root / rel, labels, split) for rel, labels, split in rows]
   return DatasetListing(root.name, task, [{"id": c, "name": c} for c in classes], items, problems,
