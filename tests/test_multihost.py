@@ -1,7 +1,10 @@
-"""Two CPU processes with a coordinator on localhost: disjoint input shards, one sharded step.
+"""Two CPU processes with a coordinator on localhost: disjoint input shards, sharded steps, and a
+checkpoint both write that one process reads back.
 
 Each process is a fresh interpreter with 4 fake CPU devices (8 over the cluster, as in the
 single-process tests); this file is also the worker's program (`python test_multihost.py ...`).
+The two processes run once per module (`cluster`); the default suite checks them against each
+other, the slow suite against one process doing the same steps.
 """
 import json
 import os
@@ -23,15 +26,28 @@ def _worker_env(tmp_path: Path) -> dict:
   return env
 
 
-def _steps(dataset, process_index: int, process_count: int) -> dict:
-  """Every record id of one epoch of this process's stream, and STEPS sharded train steps."""
-  import jax
-  from jax.experimental import multihost_utils
+def _model_and_featurizer(num_classes: int):
   import ml_collections
   from audiotl_jax import models
-  from audiotl_jax.data import pipeline, records
   from audiotl_jax.features import featurizer
-  from audiotl_jax.train import mesh as mesh_lib, state as state_lib
+  fc = ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=256, hop_length=160, n_mels=32,
+                                      fmin=0.0, fmax=8000.0))
+  return (models.get_model("cnn:tiny", num_classes=num_classes),
+          featurizer.make_featurizer(fc, {"mean": -30.0, "std": 15.0}))
+
+
+def _probe() -> np.ndarray:
+  """Fixed clips to run the trained model on, the same in every process."""
+  return np.random.default_rng(7).integers(-3000, 3000, (BATCH, CLIP)).astype(np.int16)
+
+
+def _steps(dataset, process_index: int, process_count: int, ckpt: Path | None = None) -> dict:
+  """Every record id of one epoch of this process's stream, STEPS sharded train steps, and the
+  logits of the trained model on `_probe()`; with `ckpt`, the state saved there as well."""
+  import jax
+  from jax.experimental import multihost_utils
+  from audiotl_jax.data import pipeline, records
+  from audiotl_jax.train import checkpoints, mesh as mesh_lib, state as state_lib
   from audiotl_jax.train import step as steps
   from configs import common
   src = dataset.source("train")
@@ -46,24 +62,31 @@ def _steps(dataset, process_index: int, process_count: int) -> dict:
   it = batches()
   local_batches = N // BATCH  # one epoch, over every process together
   ids = [id_of[int(a[0])] for _ in range(local_batches) for a in next(it)["audio"]]
-  fc = ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=256, hop_length=160, n_mels=32,
-                                      fmin=0.0, fmax=8000.0))
-  model = models.get_model("cnn:tiny", num_classes=dataset.num_classes)
+  model, featurize = _model_and_featurizer(dataset.num_classes)
   tx = state_lib.make_optimizer(common.optim(1e-2), total_steps=10)
   mesh = mesh_lib.make_mesh()
   state, shardings = state_lib.create(model, tx, mesh, frames=11, n_mels=32, seed=0)
   augment = common.augment(specaugment=False)  # masks depend on a row's place in the batch
   step = steps.jit_train_step(steps.make_train_step(
-      model, featurizer.make_featurizer(fc, {"mean": -30.0, "std": 15.0}), tx,
-      loss_fn=steps.bce_loss, augment=augment, num_classes=dataset.num_classes,
-      target="multihot"), shardings, mesh)
+      model, featurize, tx, loss_fn=steps.bce_loss, augment=augment,
+      num_classes=dataset.num_classes, target="multihot"), shardings, mesh)
   it, losses = batches(), []
   for _ in range(STEPS):
     state, m = step(state, mesh_lib.to_global(next(it), mesh))
     losses.append(float(m["loss"]))
+  # The probe as a batch: each process feeds its own rows, as in evaluation.
+  rows = BATCH // process_count
+  probe = mesh_lib.to_global({"audio": _probe()[process_index * rows:(process_index + 1) * rows]},
+                             mesh)["audio"]
+  logits, _ = steps.make_predict(model, featurize)(state.params, state.batch_stats, probe)
+  if ckpt is not None:
+    saver = checkpoints.Checkpointer(ckpt)
+    saver.save(STEPS, state, None, {"model": "cnn:tiny", "num_classes": dataset.num_classes})
+    saver.close()
   params = jax.tree.map(lambda x: float(np.asarray(jax.device_get(x)).sum()),
                         multihost_utils.process_allgather(state.params, tiled=True))
   return {"ids": ids, "losses": losses, "params": jax.tree.leaves(params),
+          "logits": np.asarray(multihost_utils.process_allgather(logits, tiled=True)).tolist(),
           "devices": jax.device_count(), "processes": jax.process_count()}
 
 
@@ -82,29 +105,71 @@ def _make_dataset(root: Path):
   return PreparedDataset(root / "out")
 
 
-@pytest.mark.slow  # 25-60 s on 2 shared cores: three interpreters each compile the step
-def test_two_processes_read_disjoint_shards_and_match_one_process(tmp_path, devices):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+  """Two worker processes, 4 devices each, against one coordinator: STEPS train steps, then a
+  checkpoint both write to `root/ckpt`. Returns (dataset, root, the two processes' results)."""
   portpicker = pytest.importorskip("portpicker")
-  dataset = _make_dataset(tmp_path)
+  root = tmp_path_factory.mktemp("multihost")
+  dataset = _make_dataset(root)
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
-      [sys.executable, __file__, str(dataset.path), str(tmp_path / f"p{p}.json")],
-      env={**_worker_env(tmp_path), "AUDIOTL_COORDINATOR_ADDRESS": f"localhost:{port}",
+      [sys.executable, __file__, str(dataset.path), str(root / f"p{p}.json"), str(root / "ckpt")],
+      env={**_worker_env(root), "AUDIOTL_COORDINATOR_ADDRESS": f"localhost:{port}",
            "AUDIOTL_NUM_PROCESSES": "2", "AUDIOTL_PROCESS_ID": str(p)},
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
-  single = _steps(dataset, 0, 1)  # meanwhile here: 8 devices, the whole global batch
-  for p in procs:
-    out, _ = p.communicate(timeout=240)
-    assert p.returncode == 0, out[-3000:]
-  results = [json.loads((tmp_path / f"p{p}.json").read_text()) for p in (0, 1)]
-  assert [r["processes"] for r in results] == [2, 2] and results[0]["devices"] == 8
+  try:
+    for p in procs:
+      out, _ = p.communicate(timeout=240)
+      assert p.returncode == 0, out[-3000:]
+  finally:
+    for p in procs:  # a failed or hung worker must not outlive the test
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return dataset, root, [json.loads((root / f"p{p}.json").read_text()) for p in (0, 1)]
+
+
+def test_two_processes_read_disjoint_shards_and_agree(cluster):
+  dataset, _, results = cluster
+  assert [r["processes"] for r in results] == [2, 2]
+  assert [r["devices"] for r in results] == [8, 8]
   a, b = results[0]["ids"], results[1]["ids"]
   assert len(a) == len(b) == N // 2 and not set(a) & set(b)
   assert sorted(a + b) == sorted(dataset.ids("train").tolist())  # every record once per epoch
-  assert sorted(single["ids"]) == sorted(a + b)
+  # One job: both processes see the same losses, parameters and (gathered) predictions.
+  for key in ("losses", "params", "logits"):
+    assert results[0][key] == results[1][key], key
+  assert np.isfinite(results[0]["losses"]).all() and results[0]["losses"][0] > 0
+
+
+def test_checkpoint_of_two_processes_loads_in_one(cluster, devices):
+  """The state two processes saved, read by one (this one) with `load_model`, gives the logits
+  the two computed before saving."""
+  import jax
+  from audiotl_jax.train import checkpoints, step as steps
+  dataset, root, results = cluster
+  variables, metadata, step_dir = checkpoints.load_model(root / "ckpt")
+  assert step_dir.name == str(STEPS) and metadata["model"] == "cnn:tiny"
+  assert jax.process_count() == 1
+  np.testing.assert_allclose(
+      [float(np.asarray(x).sum()) for x in jax.tree.leaves(variables["params"])],
+      results[0]["params"], rtol=1e-6)
+  model, featurize = _model_and_featurizer(dataset.num_classes)
+  logits, _ = steps.make_predict(model, featurize)(
+      variables["params"], variables["batch_stats"], _probe())
+  np.testing.assert_allclose(np.asarray(logits), results[0]["logits"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # a third interpreter compiles the step again: 20-40 s more on 2 shared cores
+def test_two_processes_match_one_process(cluster, devices):
+  dataset, _, results = cluster
+  single = _steps(dataset, 0, 1)  # here: 8 devices, the whole global batch
+  assert sorted(single["ids"]) == sorted(results[0]["ids"] + results[1]["ids"])
   for r in results:
     np.testing.assert_allclose(r["losses"], single["losses"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r["params"], single["params"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r["logits"], single["logits"], rtol=1e-4, atol=1e-5)
 
 
 if __name__ == "__main__":
@@ -113,5 +178,6 @@ if __name__ == "__main__":
   assert _mesh.initialize_distributed()
   import jax as _jax
   from audiotl_jax.data.dataset import PreparedDataset
-  out = _steps(PreparedDataset(sys.argv[1]), _jax.process_index(), _jax.process_count())
+  out = _steps(PreparedDataset(sys.argv[1]), _jax.process_index(), _jax.process_count(),
+               Path(sys.argv[3]) if len(sys.argv) > 3 else None)
   Path(sys.argv[2]).write_text(json.dumps(out))

@@ -182,9 +182,9 @@ def test_slurm_array_runs_line_i_of_runs_txt(tmp_path, monkeypatch):
   text = script.read_text()
   assert "#SBATCH --array=0-2%2" in text and "export AUDIOTL_DISTRIBUTED=1" in text
   assert f"#SBATCH --output={tmp_path}/sw/logs/" in text and (tmp_path / "sw/logs").is_dir()
-  assert 'srun --kill-on-bad-exit=1 "$AUDIOTL" "${args[@]}"' in text
+  assert 'srun --kill-on-bad-exit=1 --gpu-bind=none "$AUDIOTL" "${args[@]}"' in text
   # Run array task 1 with stand-ins for srun and audiotl: it must run line 2 of runs.txt.
-  fake_bin(tmp_path, "srun", 'shift; "$@"\n')
+  fake_bin(tmp_path, "srun", 'while [[ $1 == --* ]]; do shift; done; "$@"\n')
   audiotl = fake_bin(tmp_path, "audiotl", 'printf "%s\\n" audiotl "$@" "$AUDIOTL_DISTRIBUTED"\n')
   env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
              SLURM_ARRAY_TASK_ID="1", AUDIOTL=str(audiotl))
@@ -195,22 +195,53 @@ def test_slurm_array_runs_line_i_of_runs_txt(tmp_path, monkeypatch):
   assert subprocess.run(["bash", str(script)], env=env, capture_output=True).returncode == 2
 
 
-def test_tpu_vm_script_runs_every_command_and_reports_failures(tmp_path, monkeypatch):
+def test_tpu_vm_script_runs_every_command_in_order(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   spec = write_sweep(tmp_path, PRETRAIN)
   assert main_lib.main(["sweep", "--config", spec, "--workdir", "sw", "--launcher", "tpu_vm"]) == 0
   script = tmp_path / "sw/sweep_tpu.sh"
   assert "export AUDIOTL_DISTRIBUTED=1" in script.read_text()
-  # A stand-in audiotl that fails the Music runs: the others still run, the exit status says so.
-  audiotl = fake_bin(tmp_path, "audiotl",
-                     'printf "%s\\n" "$@" ---- >> calls.txt; [[ "$*" != *Music* ]]\n')
+  audiotl = fake_bin(tmp_path, "audiotl", 'printf "%s\\n" "$@" ---- >> calls.txt\n')
   out = subprocess.run(["bash", str(script)], env=dict(os.environ, AUDIOTL=str(audiotl)),
                        capture_output=True, text=True)
-  assert out.returncode == 1
+  assert out.returncode == 0, out.stderr
   calls = (tmp_path / "calls.txt").read_text().split("----\n")[:-1]
   assert [c.splitlines() for c in calls] == [
       shlex.split(line)[1:] for line in (tmp_path / "sw/runs.txt").read_text().splitlines()]
-  assert out.stderr.count("FAILED") == 2 and "4 runs, 2 failed" in out.stdout
+  assert "4 runs finished" in out.stdout
+
+
+def test_tpu_vm_script_stops_at_the_first_failed_run(tmp_path, monkeypatch):
+  """Every worker runs the same script: a worker that went on to the next run after a failure
+  would start it without the others (stopped by the failure too, or still in the old run), so
+  the script stops there, non-zero, and a re-run resumes."""
+  monkeypatch.chdir(tmp_path)
+  spec = write_sweep(tmp_path, PRETRAIN)
+  assert main_lib.main(["sweep", "--config", spec, "--workdir", "sw", "--launcher", "tpu_vm"]) == 0
+  script = tmp_path / "sw/sweep_tpu.sh"
+  # A stand-in audiotl that logs each start and fails the 2nd run with exit 3.
+  audiotl = fake_bin(tmp_path, "audiotl",
+                     'echo "$*" >> starts.txt; [ "$(wc -l < starts.txt)" -ne 2 ] || exit 3\n')
+  out = subprocess.run(["bash", str(script)], env=dict(os.environ, AUDIOTL=str(audiotl)),
+                       capture_output=True, text=True)
+  assert out.returncode == 3, (out.stdout, out.stderr)
+  runs = (tmp_path / "sw/runs.txt").read_text().splitlines()
+  starts = (tmp_path / "starts.txt").read_text().splitlines()
+  assert starts == [" ".join(shlex.split(line)[1:]) for line in runs[:2]]  # no 3rd start
+  assert out.stderr.count("FAILED") == 1 and "re-run" in out.stderr
+
+
+def test_tpu_vm_sh_exits_with_the_stage_status(tmp_path):
+  """launch/tpu_vm.sh runs one stage: its failure is the worker's exit status, which is what
+  makes gcloud's --worker=all report it."""
+  (tmp_path / "launch").mkdir()
+  (tmp_path / "launch/tpu_vm.sh").write_text((REPO / "launch/tpu_vm.sh").read_text())
+  fake_bin(tmp_path, "audiotl", 'echo "$AUDIOTL_DISTRIBUTED $*"; exit 5\n')
+  (tmp_path / ".venv").mkdir()
+  (tmp_path / ".venv/bin").symlink_to(tmp_path / "bin")
+  out = subprocess.run(["bash", str(tmp_path / "launch/tpu_vm.sh"), "pretrain", "--workdir", "w"],
+                       capture_output=True, text=True)
+  assert out.returncode == 5 and out.stdout == "1 pretrain --workdir w\n"
 
 
 # ------------------------------------------------------------------ the local launcher

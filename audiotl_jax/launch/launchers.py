@@ -71,6 +71,18 @@ def _array_cases(todo: list) -> str:
   return "\n".join(f"  {i}) args=({shlex.join(r.args)}) ;;" for i, r in enumerate(todo))
 
 
+# Why no per-task GPU binding: see launch/slurm.sbatch. JAX's SLURM detection sets each
+# process's local_device_ids to [SLURM_LOCALID], an ordinal among the GPUs the task sees, so every
+# task must see all of its node's GPUs and there must be one task per GPU.
+_SLURM_LAYOUT = """\
+tasks=${SLURM_NTASKS_PER_NODE:-}; gpus=${SLURM_GPUS_ON_NODE:-}
+if [ -n "$tasks" ] && [ -n "$gpus" ] && [ "$tasks" != "$gpus" ]; then
+  echo "sweep.sbatch: $tasks tasks per node but $gpus GPUs per node;" \\
+    "give --ntasks-per-node=$gpus" >&2
+  exit 2
+fi"""
+
+
 def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) -> Path:
   """A SLURM job array with launch/slurm.sbatch's conventions; the commands are inside the
   script, so re-planning the sweep (which rewrites runs.txt) cannot shift a queued task."""
@@ -80,19 +92,22 @@ def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) 
   path = workdir / "sweep.sbatch"
   path.write_text(f"""#!/usr/bin/env bash
 # audiotl sweep --config {spec}
-# {len(todo)} runs as a SLURM job array: task i runs line i+1 of runs.txt. Give each task its
-# resources when submitting, e.g.
-#   sbatch --nodes=1 --gpus-per-node=4 {path}
-# As launch/slurm.sbatch: one process per GPU, AUDIOTL_DISTRIBUTED=1, requeue-safe (a requeued
-# task resumes from its workdir; a finished run returns at once). Set AUDIOTL to another binary.
+# {len(todo)} runs as a SLURM job array: task i runs line i+1 of runs.txt. The defaults give each
+# array task one 4-GPU node; for other nodes set both counts when submitting, e.g.
+#   sbatch --nodes=1 --gpus-per-node=8 --ntasks-per-node=8 {path}
+# As launch/slurm.sbatch: one process per GPU, each seeing its node's GPUs (JAX picks device
+# SLURM_LOCALID), AUDIOTL_DISTRIBUTED=1, requeue-safe (a requeued task resumes from its
+# workdir; a finished run returns at once). Set AUDIOTL to another binary.
 #SBATCH --job-name=audiotl-sweep
 #SBATCH --array=0-{len(todo) - 1}{throttle}
-#SBATCH --ntasks-per-gpu=1
+#SBATCH --gpus-per-node=4
+#SBATCH --ntasks-per-node=4
 #SBATCH --cpus-per-task=8
 #SBATCH --requeue
 #SBATCH --output={logs}/%x-%A_%a.out
 set -euo pipefail
 cd {shlex.quote(str(Path.cwd()))}
+{_SLURM_LAYOUT}
 export AUDIOTL_DISTRIBUTED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${{XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}}
 AUDIOTL=${{AUDIOTL:-{shlex.quote(str(AUDIOTL_BIN))}}}
@@ -100,37 +115,51 @@ case "$SLURM_ARRAY_TASK_ID" in
 {_array_cases(todo)}
   *) echo "sweep.sbatch: no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;
 esac
-srun --kill-on-bad-exit=1 "$AUDIOTL" "${{args[@]}}"
+srun --kill-on-bad-exit=1 --gpu-bind=none "$AUDIOTL" "${{args[@]}}"
 """)
   return path
 
 
 def write_tpu_vm(todo: list, workdir: Path, spec: str) -> Path:
   """A script every worker of a TPU slice runs: the same runs in the same order, each one
-  multi-host job, with launch/tpu_vm.sh's set-up and environment."""
+  multi-host job, with launch/tpu_vm.sh's set-up and environment.
+
+  The first failed run stops the script on that worker with the run's exit status: the
+  workers' processes form one job, so a worker that went on to the next run would start it
+  without the others and wait in its first collective. The failure stops the other workers'
+  processes too (jax.distributed's health checks end a job whose process died), so each script
+  stops at the same run.
+  """
   path = workdir / "sweep_tpu.sh"
   lines = "\n".join(f"run {shlex.quote(r.name)} {shlex.join(r.args)}" for r in todo)
   path.write_text(f"""#!/usr/bin/env bash
 # audiotl sweep --config {spec}
 # {len(todo)} runs, one after another, on every worker of a TPU VM slice:
 #   gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=all --command "bash {path.resolve()}"
-# A failed run does not stop the others; running this again resumes (finished runs return at
-# once, partial ones continue from their checkpoints). Set AUDIOTL to another binary.
+# The first failed run stops this script with its exit status, so gcloud's --worker=all exits
+# non-zero too, and no worker starts a run the others are not in. Running this again resumes
+# (finished runs return at once, partial ones continue from their checkpoints). Set AUDIOTL to
+# another binary.
 set -uo pipefail
 cd {shlex.quote(str(Path.cwd()))}
 AUDIOTL=${{AUDIOTL:-{shlex.quote(str(AUDIOTL_BIN))}}}
 # launch/tpu_vm.sh (run from the checkout) creates the venv with jax[tpu] when it is missing.
 [ -x "$AUDIOTL" ] || bash launch/tpu_vm.sh --help > /dev/null
 export AUDIOTL_DISTRIBUTED=1
-failed=0
+done_runs=0
 run() {{
-  local name=$1; shift
+  local name=$1 code=0; shift
   echo "sweep: $name"
-  "$AUDIOTL" "$@" || {{ echo "sweep: $name FAILED (exit $?)" >&2; failed=$((failed + 1)); }}
+  "$AUDIOTL" "$@" || code=$?
+  if [ "$code" -ne 0 ]; then
+    echo "sweep: $name FAILED (exit $code) after $done_runs of {len(todo)} runs; stopping." \
+      "Fix it and re-run this script on every worker: it resumes." >&2
+    exit "$code"
+  fi
+  done_runs=$((done_runs + 1))
 }}
 {lines}
-echo "sweep: {len(todo)} runs, $failed failed"
-[ "$failed" -eq 0 ]
+echo "sweep: {len(todo)} runs finished"
 """)
   path.chmod(0o755)
   return path

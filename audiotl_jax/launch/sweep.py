@@ -286,7 +286,7 @@ def run(spec: str, workdir: Path, *, overrides=(), launcher: str = "local", dry_
                                record=lambda: write_records(runs, workdir, spec))
   if launcher == "slurm":
     path = launchers.write_slurm(todo, workdir, spec, max_parallel=sweep.get("max_parallel", 0))
-    print(f"sweep: submit with\n  sbatch --nodes=1 --gpus-per-node=N {path}")
+    print(f"sweep: submit with\n  sbatch --nodes=1 --gpus-per-node=N --ntasks-per-node=N {path}")
   else:
     path = launchers.write_tpu_vm(todo, workdir, spec)
     print(f"sweep: on every worker:\n  gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE "

@@ -21,13 +21,41 @@ NUM_PROCESSES_ENV = "AUDIOTL_NUM_PROCESSES"
 PROCESS_ID_ENV = "AUDIOTL_PROCESS_ID"
 
 
+# What jax's SLURM detection needs (jax/_src/clusters/slurm_cluster.py): with these set,
+# jax.distributed.initialize() restricts each process to local_device_ids=[SLURM_LOCALID].
+_SLURM_ENV = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+              "SLURM_LOCALID")
+
+
+def _check_slurm_gpus(env) -> None:
+  """Refuses a SLURM task that cannot see GPU number SLURM_LOCALID.
+
+  JAX's SLURM detection makes process SLURM_LOCALID use device ordinal SLURM_LOCALID of the
+  GPUs its task sees, so the launchers give each node one task per GPU, every task seeing all
+  of the node's GPUs. A job that binds one GPU per task (--ntasks-per-gpu, --gpus-per-task)
+  leaves task 3 one visible GPU, and CUDA fails later with "invalid device ordinal"; say why
+  now. JAX_LOCAL_DEVICE_IDS, when set, is the user's own choice and wins in jax.
+  """
+  visible = env.get("CUDA_VISIBLE_DEVICES")
+  if not visible or env.get("JAX_LOCAL_DEVICE_IDS") or not all(k in env for k in _SLURM_ENV):
+    return
+  local, count = int(env["SLURM_LOCALID"]), len(visible.split(","))
+  if local >= count:
+    raise UserError(
+        f"SLURM_LOCALID={local} but this task sees {count} GPU{'s' * (count != 1)} "
+        f"(CUDA_VISIBLE_DEVICES={visible}); JAX uses GPU number SLURM_LOCALID, so run one task "
+        f"per GPU with every task seeing its node's GPUs, as launch/slurm.sbatch does "
+        f"(--ntasks-per-node=GPUs per node, srun --gpu-bind=none)")
+
+
 def initialize_distributed(env=None) -> bool:
   """Starts `jax.distributed` when the environment asks for it; returns whether it did.
 
   `AUDIOTL_DISTRIBUTED=1` (the launchers set it): jax finds the cluster itself (TPU VM metadata,
-  SLURM variables, or JAX_COORDINATOR_ADDRESS). `AUDIOTL_COORDINATOR_ADDRESS=host:port` with
-  `AUDIOTL_NUM_PROCESSES` and `AUDIOTL_PROCESS_ID`: an explicit cluster, e.g. plain GPU hosts.
-  Must run before anything touches a jax backend.
+  SLURM variables, or JAX_COORDINATOR_ADDRESS); under SLURM each process gets GPU number
+  SLURM_LOCALID of its node (see `_check_slurm_gpus`). `AUDIOTL_COORDINATOR_ADDRESS=host:port`
+  with `AUDIOTL_NUM_PROCESSES` and `AUDIOTL_PROCESS_ID`: an explicit cluster, e.g. plain GPU
+  hosts. Must run before anything touches a jax backend.
   """
   env = os.environ if env is None else env
   address = env.get(COORDINATOR_ENV)
@@ -40,9 +68,11 @@ def initialize_distributed(env=None) -> bool:
                       f"{env.get(PROCESS_ID_ENV)!r}") from None
     if not 0 <= pid < num:
       raise UserError(f"{PROCESS_ID_ENV}={pid} is not in [0, {NUM_PROCESSES_ENV}={num})")
+    _check_slurm_gpus(env)  # jax still reads SLURM_LOCALID for the devices
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     return True
   if env.get("AUDIOTL_DISTRIBUTED") or env.get("JAX_COORDINATOR_ADDRESS"):
+    _check_slurm_gpus(env)
     jax.distributed.initialize()
     return True
   return False
