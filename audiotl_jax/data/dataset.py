@@ -140,6 +140,18 @@ class PreparedDataset:
       for line in f:
         yield json.loads(line)
 
+  def num_samples(self, split: str) -> np.ndarray | None:
+    """Stored samples of every record of `split`, from the shard sidecars (no audio read);
+    None when a sidecar is missing (a folder written by hand)."""
+    out = []
+    for name in self._split(split)["shards"]:
+      side = self.path / (name.removesuffix(".array_record") + ".json")
+      try:
+        out.extend(json.loads(side.read_text())["num_samples"])
+      except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return np.asarray(out, np.int64)
+
   def _shard_counts(self, split: str) -> list:
     """Records per shard of `split`: from the manifest, or (older manifests) the sidecars; None
     for a shard whose count is unknown (a manifest written by hand, without sidecars)."""

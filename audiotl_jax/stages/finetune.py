@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from audiotl_jax import models
 from audiotl_jax.data import selection
@@ -45,6 +46,20 @@ def _check_before_writing(config) -> None:
   PreparedDataset(config.data.dir)
 
 
+def _say_cropped(dataset, config, sel) -> None:
+  """Once per run: how many clips are longer than data.clip_seconds (the model sees their start)."""
+  limit = loop.clip_samples(config, dataset)
+  for split, indices in ((config.data.train_split, sel.train), (config.data.val_split, sel.val),
+                         (config.data.test_split, sel.test)):
+    lengths = dataset.num_samples(split)
+    if lengths is None or not len(indices):
+      continue
+    longer = int(np.sum(lengths[np.asarray(indices)] > limit))
+    if longer:
+      print(f"finetune: {longer} of {len(indices)} {split} clips are longer than config key "
+            f"'data.clip_seconds' = {config.data.clip_seconds:g} s; each is cropped to its start")
+
+
 def run(config, workdir) -> dict:
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
@@ -77,6 +92,7 @@ def run(config, workdir) -> dict:
   num_outputs = 1 if task_kind == "binary" else sel.num_classes
   if is_main:
     print(f"finetune: {sel.description}")
+    _say_cropped(dataset, config, sel)
 
   # ---------------------------------------------------------------- model and strategy
   model, strategy_ctx = transfer.model_for(config.strategy, model_name, num_classes=num_outputs,
