@@ -5,7 +5,9 @@ flag stages take their flags, which become their config. Every stage lives in `s
 called as `run(config, workdir)`. A `UserError` is printed as one line, without a traceback.
 """
 import argparse
+import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,11 +61,13 @@ def _parser() -> argparse.ArgumentParser:
                  help="only runs whose name contains this (glob characters allowed)")
   im = parsers["import"]
   im.add_argument("--weights", required=True, help="the weights file")
-  im.add_argument("--model", default="ast:base", help="the AST variant they are for")
+  im.add_argument("--model", default="ast:base", help="the model they are for (ast:*, vggish:*)")
   im.add_argument("--workdir", required=True, help="where the checkpoint is written")
   im.add_argument("--frames", type=int, default=1024,
                   help="input frames to fine-tune at (position embeddings are resized to it)")
   im.add_argument("--mel-bins", type=int, default=128)
+  im.add_argument("--pca", default="", help="VGGish only: the release's PCA parameters "
+                  "(e.g. vggish_pca_params-970ea276.pth), for the post-processed embeddings")
   r = parsers["report"]
   r.add_argument("--workdir", required=True)
   k = parsers["rank"]
@@ -136,6 +140,43 @@ def run():
   except KeyboardInterrupt:
     print("audiotl: interrupted; run the same command again to resume", file=sys.stderr)
     sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+    full = _disk_full(e)
+    if full is None:
+      raise
+    where = f" while writing {full}" if full else ""
+    print(f"audiotl: error: no space left on device{where}; free space and run the same command "
+          "again to resume", file=sys.stderr)
+    sys.exit(2)
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = tuple({os.strerror(n) for n in _FULL_ERRNOS} |
+                    {"No space left on device", "Disk quota exceeded"})
+
+
+def _disk_full(error: BaseException) -> str | None:
+  """The file a full disk (or quota) stopped, "" if unknown, None if that is not the cause.
+
+  Searches the whole chain (`raise ... from`, errors raised while handling others, exception
+  groups): stages wrap errors, and Orbax re-raises TensorStore's failures from its write threads
+  as ValueErrors whose message is all that says "No space left on device".
+  """
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+      return str(e.filename or "")
+    message = str(e)
+    hit = next((message.find(t) for t in _FULL_TEXTS if t in message), -1)
+    if hit >= 0:  # the last quoted path before the OS's words is the file it failed to write
+      paths = re.findall(r"[\"'](/[^\"']+)[\"']", message[:hit])
+      return paths[-1] if paths else ""
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+  return None
 
 
 if __name__ == "__main__":

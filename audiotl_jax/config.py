@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from audiotl_jax import resources
+from audiotl_jax import fileio, resources
 from audiotl_jax.errors import UserError
 
 CONFIGS_DIR = resources.path("configs")
@@ -205,11 +205,7 @@ def to_dict(config) -> dict:
 def write(config, workdir: Path, name: str = "config.json") -> Path:
   """Writes the resolved config into the workdir: the record of what ran."""
   workdir.mkdir(parents=True, exist_ok=True)
-  path = workdir / name
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
-  return path
+  return fileio.write_json(workdir / name, to_dict(config), indent=2, sort_keys=True)
 
 
 # ------------------------------------------------------------------ defaults for config files

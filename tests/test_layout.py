@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "audiotl_jax"
 
 # Top-level part of the package -> the parts it may import (besides itself and the two leaves
-# every part may use: `errors` and `resources`). `stages` may import everything but `cli`;
+# every part may use: `errors`, `resources` and `fileio`). `stages` may import everything but `cli`;
 # nothing but `cli` and `stages` imports `stages`. docs/ARCHITECTURE.md draws the same graph.
 ALLOWED = {
     # The loader itself needs nothing; its helpers for config files (reader options, PETL
@@ -25,15 +25,18 @@ ALLOWED = {
     "scores": {"train"},            # streaming scores shard their chunks over train.mesh
     "analysis": {"scores"},
     "launch": {"config", "train"},  # a sweep asks train.checkpoints which runs are finished
-    "bench": {"config", "data", "features", "models", "train", "scores"},
+    "bench": {"config", "data", "features", "models", "train", "scores", "api"},
     "stages": {"config", "data", "features", "models", "train", "scores", "analysis", "launch",
                "bench"},
     "cli": {"config", "stages", "train"},   # train.mesh: jax.distributed set-up
     # Public facades kept for users' notebooks: thin re-exports.
     "frontend": {"features"},
     "transferability": {"scores"},
+    # The Python API (a checkpoint as a function) and the HEAR 2021 API on top of it.
+    "api": {"data", "features", "models", "train"},
+    "hear": {"api"},
 }
-LEAVES = {"errors", "resources"}
+LEAVES = {"errors", "resources", "fileio"}
 
 
 def _part(module: str) -> str | None:

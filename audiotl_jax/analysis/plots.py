@@ -9,11 +9,13 @@ matplotlib.use("Agg")  # Files only: no display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from audiotl_jax import fileio  # noqa: E402
 from audiotl_jax.analysis.stats import fmt  # noqa: E402
 
 
 def _save(fig, path, dpi: int) -> None:
-  fig.savefig(path, dpi=dpi)
+  with fileio.atomic(path, "wb") as f:  # a stream has no name to take the format from
+    fig.savefig(f, dpi=dpi, format=str(path).rsplit(".", 1)[-1])
   plt.close(fig)  # Reports draw many figures in one process; pyplot keeps open ones alive.
 
 

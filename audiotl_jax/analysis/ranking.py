@@ -29,11 +29,11 @@ Outputs in the workdir: `ranking.json`, `ranking.md` and `ranking.png` (score ag
 metric, one panel per score, one colour per strategy).
 """
 import glob
-import json
 from pathlib import Path
 
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax.analysis import files, plots, stats
 from audiotl_jax.errors import UserError
 
@@ -159,7 +159,7 @@ def run(*, scores_path: Path, finetune, out_dir: Path, size_weight: float = 0.5,
                      size_weight=size_weight, num_resamples=num_resamples, seed=seed)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "ranking.json").write_text(json.dumps(records, indent=2) + "\n")
+  fileio.write_json(out_dir / "ranking.json", records, indent=2)
   lines = ["# How well each score ranks the pre-trained states", "",
            f"Sign-corrected (positive = ranked well); 95 % bootstrap intervals over states "
            f"({num_resamples} resamples). `+size`: size-aware variant (weight {size_weight}).", "",
@@ -169,7 +169,7 @@ def run(*, scores_path: Path, finetune, out_dir: Path, size_weight: float = 0.5,
     lines.append(f"| {r['strategy']} | {r['layer']} | {r['score']} | {r['num_states']} | "
                  + " | ".join(stats.fmt(r[m], 3, r["ci"][m]) for m in METRICS) + " |")
   lines += ["", "![scores against fine-tuned results](ranking.png)", ""]
-  (out_dir / "ranking.md").write_text("\n".join(lines))
+  fileio.write_text(out_dir / "ranking.md", "\n".join(lines))
   plots.plot_ranking(records, out_dir / "ranking.png")
   return out_dir / "ranking.md"
 

@@ -7,9 +7,9 @@ and did the transferability scores rank the states as fine-tuning did (Pearson a
 correlation of each score with downstream accuracy, with the sign flipped for lower-is-better
 scores so that a positive correlation always means "the score predicted well").
 """
-import json
 from pathlib import Path
 
+from audiotl_jax import fileio
 from audiotl_jax.analysis import files, plots, scaling
 from audiotl_jax.analysis.stats import correlations, fmt
 from audiotl_jax.errors import UserError
@@ -37,7 +37,7 @@ def collect(study: Path) -> dict:
 def write_study(study: Path, *, comparisons: list) -> None:
   """Records the study's questions, `[question, state A, state B]`: is A better than B?"""
   Path(study).mkdir(parents=True, exist_ok=True)
-  (Path(study) / "study.json").write_text(json.dumps({"comparisons": comparisons}, indent=2))
+  fileio.write_json(Path(study) / "study.json", {"comparisons": comparisons}, indent=2)
 
 
 def write(study: Path) -> Path:
@@ -99,10 +99,11 @@ def write(study: Path) -> Path:
   lines += _ranking(study)
   lines += ["## Reading it", "", _verdict(data, states, strategies, metric), ""]
   path = study / "report.md"
-  path.write_text("\n".join(lines))
-  (study / "report.json").write_text(json.dumps(
-      {"finetune": {f"{s}-{k}": r for (s, k), r in fine.items()},
-       "pretrain": data["pretrain"], "scores": data["scores"]}, indent=2, default=str) + "\n")
+  fileio.write_text(path, "\n".join(lines))
+  fileio.write_json(study / "report.json",
+                    {"finetune": {f"{s}-{k}": r for (s, k), r in fine.items()},
+                     "pretrain": data["pretrain"], "scores": data["scores"]},
+                    indent=2, default=str)
   return path
 
 

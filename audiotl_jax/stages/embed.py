@@ -8,7 +8,14 @@ count, layer shapes and pooling, frontend), written last so a folder with metada
 Resuming: after every `flush_every` batches the memory maps are flushed and then
 `<split>/progress.json` records how many batches are done. A killed run started again continues
 at that batch (the rows of the batches after it are simply written again); a split with
-metadata is skipped.
+metadata is skipped. Both records hold the settings the rows depend on (checkpoint step folder
+and a hash of its weights, layers with their pooling, clip length, number of clips): a run with
+other settings is refused, before any split is embedded, instead of mixing rows of two runs (a
+finished split may serve a run that asks for fewer of its layers).
+
+Every file is written atomically (`fileio`), and the memory maps' blocks are allocated when they
+are created, so a full disk stops the run with an OSError, never a half-written metadata.json or
+a SIGBUS on a page the disk could not back; the same command resumes once there is space.
 
 Layers and pooling: a layer is a name of the model's output dict, optionally `name:pooling`;
 see `train/inference.py` for the poolings and the ranks they apply to.
@@ -18,6 +25,7 @@ API's `get_scene_embeddings` returns, one file per clip, as the HEAR evaluation 
 `hear/<name>/<split>/<id>.embedding.npy` (float32, shape (D,); `/` in ids becomes `__`) and
 `hear/<name>/<split>.target-labels.json` ({file stem: [label names]}).
 """
+import errno
 import json
 import os
 from pathlib import Path
@@ -28,10 +36,12 @@ import ml_collections
 import numpy as np
 
 from audiotl_jax import config as config_lib
+from audiotl_jax import fileio
 from audiotl_jax.data import pipeline
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.features import featurizer
+from audiotl_jax.train import adapters
 from audiotl_jax.train import mesh as mesh_lib
 from audiotl_jax.train.inference import POOLING, load_for_inference, output_name, resolve_layers
 
@@ -70,16 +80,24 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
   params = jax.device_put(variables["params"], mesh_lib.replicated(mesh))
   batch_stats = jax.device_put(variables.get("batch_stats", {}), mesh_lib.replicated(mesh))
   target = "multihot" if dataset.task == "multilabel" else "class"
+  common = _settings(step_dir, variables, outputs, clip_seconds)
+  settings, finished = {}, {}
+  for split in splits:  # every split is checked before any is embedded
+    split_dir = Path(out_dir) / split
+    settings[split] = dict(common, num_clips=dataset.num_records(split))
+    finished[split] = _finished(split_dir, settings[split])
+    if finished[split] is None:
+      _read_progress(split_dir, batch_size, settings[split])
   written = {}
   for split in splits:
     split_dir = Path(out_dir) / split
-    if (split_dir / "metadata.json").exists():
-      written[split] = json.loads((split_dir / "metadata.json").read_text())
+    if finished[split] is not None:
+      written[split] = finished[split]
       print(f"embed: {split_dir} is complete; skipped")
       continue
     n = dataset.num_records(split)
     files = _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size,
-                    clip_samples, target, split_dir, flush_every, progress)
+                    clip_samples, target, split_dir, flush_every, progress, settings[split])
     ids = [str(i) for i in dataset.ids(split)]
     meta_out = {
         "checkpoint": str(step_dir), "model": meta["model"], "num_params": meta.get("num_params"),
@@ -88,13 +106,13 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
         "layer_of": {k: layer for k, (layer, _) in outputs.items()},
         "frontend": meta["frontend"], "norm": meta["norm"], "clip_seconds": clip_seconds,
         "dataset": str(dataset.path), "split": split, "num_clips": n, "task": dataset.task,
-        "classes": dataset.classes, "layout": layout,
+        "classes": dataset.classes, "layout": layout, "settings": settings[split],
     }
     if jax.process_index() == 0:
-      (split_dir / "ids.json").write_text(json.dumps(ids))
+      fileio.write_json(split_dir / "ids.json", ids)
       if layout == "hear":
         _write_hear(Path(out_dir), split, list(files), ids, dataset.classes)
-      (split_dir / "metadata.json").write_text(json.dumps(meta_out, indent=2) + "\n")
+      fileio.write_json(split_dir / "metadata.json", meta_out, indent=2)
       (split_dir / "progress.json").unlink(missing_ok=True)
     written[split] = meta_out
     print(f"embed: wrote {n} clips x {', '.join(f'{k}{tuple(v)}' for k, v in files.items())} "
@@ -107,12 +125,12 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
 
 
 def _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size, clip_samples,
-            target, split_dir, flush_every, progress) -> dict:
+            target, split_dir, flush_every, progress, settings) -> dict:
   """Writes pooled outputs and labels into memory maps at their record index, resumably."""
   from jax.experimental import multihost_utils
   from tqdm import tqdm
   split_dir.mkdir(parents=True, exist_ok=True)
-  state = _read_progress(split_dir, batch_size)
+  state = _read_progress(split_dir, batch_size, settings)
   done = state["batches"]
   total = pipeline.num_eval_batches(dataset, split, batch_size=batch_size)
   if done:
@@ -144,7 +162,8 @@ def _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size, c
     if main and (done % flush_every == 0 or done == total):
       for f in files.values():
         f.flush()
-      _write_progress(split_dir, {"batches": done, "batch_size": batch_size, "total": total})
+      _write_progress(split_dir, {"batches": done, "batch_size": batch_size, "total": total,
+                                  "settings": settings})
   if main and not files:  # every batch was done before a kill: reopen for the shapes
     files = {p.stem: np.load(p, mmap_mode="r") for p in split_dir.glob("*.npy")}
   return {k: f.shape for k, f in files.items() if k != "labels"}
@@ -152,15 +171,91 @@ def _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size, c
 
 def _open(path: Path, value: np.ndarray, n: int):
   """The memory map for `path`: reopened when resuming, created (n, ...) otherwise."""
-  if path.exists():
-    f = np.load(path, mmap_mode="r+")
-    if f.shape[1:] == value.shape[1:] and f.shape[0] == n:
-      return f
-  return np.lib.format.open_memmap(path, mode="w+", dtype=value.dtype, shape=(n,) +
-                                   value.shape[1:])
+  try:
+    if path.exists():
+      f = np.load(path, mmap_mode="r+")
+      if f.shape[1:] == value.shape[1:] and f.shape[0] == n:
+        _allocate(path)
+        return f
+    f = np.lib.format.open_memmap(path, mode="w+", dtype=value.dtype,
+                                  shape=(n,) + value.shape[1:])
+    _allocate(path)
+    return f
+  except OSError as e:
+    e.filename = e.filename or str(path)
+    raise
 
 
-def _read_progress(split_dir: Path, batch_size: int) -> dict:
+def _allocate(path: Path) -> None:
+  """Reserves the whole file's blocks now. A memory map is a sparse file: on a full disk the
+  first write to a page the disk cannot back kills the process with SIGBUS, no error to report."""
+  if not hasattr(os, "posix_fallocate"):  # macOS: no such call; a full disk stays fatal there
+    return
+  fd = os.open(path, os.O_RDWR)
+  try:
+    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise OSError(e.errno, e.strerror, str(path)) from None
+    # Any other refusal (a filesystem without fallocate): write on, as before.
+  finally:
+    os.close(fd)
+
+
+def _settings(step_dir: Path, variables, outputs: dict, clip_seconds: float) -> dict:
+  """What every row of a split depends on, besides the dataset's records."""
+  return {"checkpoint": str(step_dir), "weights": adapters.fingerprint(variables),
+          "layers": {k: list(v) for k, v in sorted(outputs.items())},
+          "clip_seconds": float(clip_seconds)}
+
+
+_WHAT = {"checkpoint": "another checkpoint", "weights": "other weights in the same checkpoint",
+         "layers": "other layers", "clip_seconds": "another clip length",
+         "num_clips": "another number of clips"}
+
+
+def _differences(recorded: dict, now: dict, *, fewer_layers: bool = False) -> str:
+  """What differs between the settings a split was embedded with and these, as text ("" if
+  nothing). Keys an older record lacks are not held against it; `fewer_layers`: a subset of the
+  recorded layers is no difference (a finished split holds them all)."""
+  out = []
+  for key, value in now.items():
+    old = recorded.get(key, value)
+    same = old == value
+    if key == "layers" and fewer_layers:
+      same = all(old.get(k) == v for k, v in value.items())
+    if same or (key == "weights" and recorded.get("checkpoint") != now["checkpoint"]):
+      continue  # another checkpoint has other weights: saying it once is enough
+    show = {"layers": lambda x: ", ".join(sorted(f"{a}:{b}" for a, b in x.values())),
+            "weights": lambda x: f"sha256 {x[:12]}",
+            "clip_seconds": lambda x: f"{x} s"}.get(key, str)
+    out.append(f"{_WHAT[key]} ({show(old)} there; {show(value)} now)")
+  return " and ".join(out)
+
+
+def _finished(split_dir: Path, settings: dict) -> dict | None:
+  """The metadata of a split finished with these settings, None if the split is not finished;
+  a split finished with other settings is refused."""
+  path = split_dir / "metadata.json"
+  if not path.exists():
+    return None
+  try:
+    meta = json.loads(path.read_text())
+  except ValueError:  # empty or cut short: an older version on a full disk
+    print(f"embed: {path} is unreadable; embedding {split_dir.name} again")
+    return None
+  recorded = meta.get("settings") or {  # written before settings were, from what it says
+      k: meta[k] for k in ("checkpoint", "clip_seconds", "num_clips") if k in meta}
+  if "settings" not in meta and "layer_of" in meta and "pooling" in meta:
+    recorded["layers"] = {k: [meta["layer_of"][k], how] for k, how in meta["pooling"].items()}
+  differs = _differences(recorded, settings, fewer_layers=True)
+  if differs:
+    raise UserError(f"{split_dir} is complete with {differs}; use another workdir or delete "
+                    f"{split_dir}")
+  return meta
+
+
+def _read_progress(split_dir: Path, batch_size: int, settings: dict) -> dict:
   path = split_dir / "progress.json"
   if not path.exists():
     return {"batches": 0}
@@ -168,14 +263,15 @@ def _read_progress(split_dir: Path, batch_size: int) -> dict:
   if state.get("batch_size") != batch_size:
     raise UserError(f"{split_dir} holds a partial run with batch_size {state.get('batch_size')}; "
                     f"resume with that batch size, or delete {split_dir} to start over")
+  differs = _differences(state.get("settings", {}), settings)
+  if differs:
+    raise UserError(f"{split_dir} holds a partial run with {differs}; use another workdir or "
+                    f"delete {path}")
   return state
 
 
 def _write_progress(split_dir: Path, state: dict) -> None:
-  """Atomically (write, then rename): a kill leaves the old or the new file, never half."""
-  tmp = split_dir / "progress.json.tmp"
-  tmp.write_text(json.dumps(state))
-  os.replace(tmp, split_dir / "progress.json")
+  fileio.write_json(split_dir / "progress.json", state)
 
 
 def _write_hear(out_dir: Path, split: str, names, ids, classes) -> None:
@@ -191,8 +287,9 @@ def _write_hear(out_dir: Path, split: str, names, ids, classes) -> None:
     root = out_dir / "hear" / name / split
     root.mkdir(parents=True, exist_ok=True)
     for stem, row in zip(stems, emb):
-      np.save(root / f"{stem}.embedding.npy", np.asarray(row, np.float32))
-    (out_dir / "hear" / name / f"{split}.target-labels.json").write_text(json.dumps(targets))
+      with fileio.atomic(root / f"{stem}.embedding.npy", "wb") as f:
+        np.save(f, np.asarray(row, np.float32))
+    fileio.write_json(out_dir / "hear" / name / f"{split}.target-labels.json", targets)
 
 
 def run(config, workdir) -> dict:

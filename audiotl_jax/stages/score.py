@@ -17,12 +17,12 @@ Results: `scores.json` ({"scores": {name: {"higher_is_better"}}, "rows": [...]})
 size-aware variants of `analysis/ranking.py`.
 """
 import csv
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax import scores as scores_lib
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError, unknown_name
@@ -73,8 +73,8 @@ def score(*, checkpoints: dict[str, Path], dataset_dir: Path, split: str, layer=
                                   for k, v in row.items() if k != "checkpoint"))
   meta = {s: {"higher_is_better": bool(higher[s])} for s in scores}
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "scores.json").write_text(json.dumps({"scores": meta, "rows": rows}, indent=2) + "\n")
-  with (out_dir / "scores.csv").open("w", newline="") as f:
+  fileio.write_json(out_dir / "scores.json", {"scores": meta, "rows": rows}, indent=2)
+  with fileio.atomic(out_dir / "scores.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
