@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "audiotl_jax"
 
-# Top-level part of the package -> the parts it may import (besides itself and the two leaves
-# every part may use: `errors`, `resources` and `fileio`). `stages` may import everything but `cli`;
+# Top-level part of the package -> the parts it may import (besides itself and the leaves every
+# part may use: `errors`, `resources` and `fileio`). `stages` may import everything but `cli`;
 # nothing but `cli` and `stages` imports `stages`. docs/ARCHITECTURE.md draws the same graph.
 ALLOWED = {
     # The loader itself needs nothing; its helpers for config files (reader options, PETL
