@@ -104,6 +104,7 @@ def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) 
 #SBATCH --ntasks-per-node=4
 #SBATCH --cpus-per-task=8
 #SBATCH --requeue
+#SBATCH --signal=TERM@120
 #SBATCH --output={logs}/%x-%A_%a.out
 set -euo pipefail
 cd {shlex.quote(str(Path.cwd()))}
