@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="only runs whose name contains this (glob characters allowed)")
   im = parsers["import"]
   im.add_argument("--weights", required=True, help="the weights file")
-  im.add_argument("--model", default="ast:base", help="the model they are for (ast:*, vggish:*)")
+  im.add_argument("--model", default="ast:base",
+                  help="the model they are for (ast:*, panns:*, vggish:*)")
   im.add_argument("--workdir", required=True, help="where the checkpoint is written")
   im.add_argument("--frames", type=int, default=1024,
                   help="input frames to fine-tune at (position embeddings are resized to it)")

@@ -11,12 +11,22 @@ def frontend(runlocal: bool = False, kind: str = "logmel") -> ml_collections.Con
   # kind="fbank": AST's Kaldi fbank (128 bins, padded/cropped to target_frames, 0 = the clip's
   # own count) normalised with fbank_mean/fbank_std (AudioSet's; `audiotl stats` gives a
   # dataset's own); n_fft, fmin and fmax then do not apply.
+  # kind="panns": torchlibrosa's log-mel of PANNs' 16 kHz set-up (window 512, hop 160, 64 mels,
+  # 50-8000 Hz), not normalised (the model's bn0 does it); an imported checkpoint brings its own.
+  # kind="vggish": VGGish's fixed features (25 ms, 10 ms, 64 HTK mels, 96-frame examples).
   fbank = kind == "fbank"
   return ml_collections.ConfigDict(dict(
-      kind=kind, sample_rate=16000, n_fft=400 if not runlocal else 256, hop_length=160,
+      kind=kind, sample_rate=16000,
+      n_fft=512 if kind == "panns" else (400 if not runlocal else 256), hop_length=160,
       n_mels=128 if fbank else 64, fmin=50.0, fmax=8000.0,
       norm_batches=8 if not runlocal else 2, target_frames=0, fbank_mean=-4.2677393,
       fbank_std=4.5689974))
+
+
+def frontend_kind(model: str) -> str:
+  """The frontend a model family was built for: AST's fbank, PANNs' and VGGish's own, else ours."""
+  return {"ast": "fbank", "panns": "panns", "vggish": "vggish"}.get(model.partition(":")[0],
+                                                                     "logmel")
 
 
 def augment(*, specaugment: bool = True, mixup_alpha: float = 0.0,

@@ -38,8 +38,7 @@ def get_config(arg=None):
   # Features must match pre-training: by default the checkpoint's frontend settings are used and
   # only the normalisation statistics are computed afresh on the downstream training data.
   c.frontend_from_checkpoint = True
-  c.frontend = common.frontend(arg.runlocal, kind="fbank" if arg.model.startswith("ast")
-                               else "logmel")
+  c.frontend = common.frontend(arg.runlocal, kind=common.frontend_kind(arg.model))
   c.augment = common.augment(specaugment=arg.strategy != "linear")
   c.batch_size = 64
   c.total_steps = 0

@@ -9,6 +9,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import importlib.util  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402  (after the flag, on purpose)
@@ -19,6 +20,12 @@ import pytest  # noqa: E402
 os.environ["AUDIOTL_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="audiotl-xla-")  # CLI tests too.
 jax.config.update("jax_compilation_cache_dir", os.environ["AUDIOTL_COMPILATION_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# The parity tests against the official PyTorch code run in their own venv (`make test-torch`,
+# which fails if torch is missing there); in the default venv there is no torch to import.
+if importlib.util.find_spec("torch") is None:
+  collect_ignore = ["torch_parity"]
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +67,7 @@ def tiny_pretrain_config(data_dir, **overrides):
     config.batch_size = 8
     config.total_steps = 4
     config.log_every = 1
+    config.eval_every = 2
     config.checkpoint_every = 2
     config.frontend.n_mels = 32
     config.progress = False

@@ -1,5 +1,5 @@
 """AST importers: official and Hugging Face state dicts with their exact keys, round trips, errors,
-and (where torch is installed) our forward pass against a small PyTorch AST."""
+and (marked `torch`, run by `make test-torch`) our forward pass against a small PyTorch AST."""
 import flax
 import jax
 import jax.numpy as jnp
@@ -205,8 +205,9 @@ def _torch_ast(torch, width, depth, heads, mlp, num_classes, fstride=10, tstride
   return Ast
 
 
+@pytest.mark.torch  # `make test-torch`; fails without torch there, deselected by default
 def test_forward_matches_pytorch_ast():
-  torch = pytest.importorskip("torch")
+  import torch
   torch.manual_seed(0)
   frames, bins = 64, 32
   net = _torch_ast(torch, 32, 2, 2, 64, 5)(frames, bins).eval()
@@ -225,8 +226,9 @@ def test_forward_matches_pytorch_ast():
   np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.torch
 def test_reads_a_torch_pth(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch
   shapes = models.param_shapes(_model(), frames=64, mel_bins=32)["params"]
   params = _random_params(shapes, seed=2)
   torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_official(params).items()},

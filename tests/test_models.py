@@ -12,10 +12,13 @@ from audiotl_jax.errors import UserError
 
 TINY = [n for n in models.list_models() if n.endswith(":tiny")]
 # Every top-level parameter name the fine-tuning regexes may meet.
-ALLOWED_TOP = re.compile(r"^(block\d+|embedding|gru|encoder_norm|head)$")
+ALLOWED_TOP = re.compile(r"^(block\d+|embedding|gru|encoder_norm|bn0|head)$")
 # AST's forward contract is tested in test_ast.py on a cut-down width (12 blocks of ast:tiny take
 # seconds to compile on CPU); its shapes and counts are checked here too.
-CONTRACT = [n for n in models.list_models() if not n.startswith("ast:")]
+# Variants that only repeat another's architecture at another input set-up (cnn14_16k,
+# cnn10_autrainer) are left out: their counts and shapes are still checked below.
+TWINS = ("panns:cnn14_16k", "panns:cnn10_autrainer")
+CONTRACT = [n for n in models.list_models() if not n.startswith("ast:") and n not in TWINS]
 
 
 def _batch(batch=4, frames=32, mel_bins=16, seed=0):
@@ -55,7 +58,9 @@ def _apply_both(model):
   """
 
   def both(variables, x):
-    return {True: model.apply(variables, x, train=True, mutable=["batch_stats"]),
+    # A fixed dropout key (PANNs drop out by default), so train mode repeats exactly.
+    return {True: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.key(0)}),
             False: model.apply(variables, x, train=False)}
 
   return jax.jit(both)
@@ -123,7 +128,7 @@ def test_forward_contract(name):
   apply = _apply_both(model)
   results = apply(variables, x)
   (train_logits, _), updates = results[True]
-  # Dropout is off by default, so train mode needs no `dropout` rng and repeats exactly.
+  # Train mode repeats exactly: dropout, where a family has it by default, uses a fixed key.
   np.testing.assert_array_equal(apply(variables, x)[True][0][0], train_logits)
   for logits, out in (results[True][0], results[False]):
     assert logits.shape == (4, 5) and logits.dtype == jnp.float32
@@ -139,7 +144,7 @@ def test_forward_contract(name):
   # Every running mean and variance moves in train mode.
   old = jax.tree_util.tree_leaves(variables["batch_stats"])
   new = jax.tree_util.tree_leaves(updates["batch_stats"])
-  assert len(old) == len(new) == 2 * len(blocks)
+  assert len(old) == len(new) >= 2 * len(blocks)  # PANNs: bn0 and one BatchNorm per conv
   assert all(not np.array_equal(a, b) for a, b in zip(old, new))
 
 

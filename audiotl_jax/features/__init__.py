@@ -4,6 +4,10 @@ Modules:
   * `logmel`: librosa-exact log-mel spectrogram (`log_mel`, `num_frames`, `pcm_to_float`).
   * `fbank`: Kaldi filterbank as AST computes it (`fbank.fbank`, `ast_features`, AudioSet's
     statistics).
+  * `panns`: PANNs' torchlibrosa log-mel (reflect padding, int16 / 32767) and its two
+    set-ups (`SETUPS`: 32 kHz and 16 kHz).
+  * `vggish`: VGGish's mel_features log-mel (uncentred frames, magnitude, HTK mel 125-7500 Hz,
+    log(x + 0.01)) in whole 96-frame examples (`log_mel_examples`, `num_frames`).
   * `framing`: the reshape-based framing both front ends use.
   * `normalization`: `normalize` ((x - mean) / std) and `feature_stats`.
   * `augment`: SpecAugment, mixup, random gain.

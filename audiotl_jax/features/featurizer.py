@@ -3,12 +3,14 @@
 Waveforms arrive as int16 and become features on the device: PCM to float, (training only) a
 random gain, log-mel or AST's fbank, normalisation, then (training only) SpecAugment. mixup
 needs the labels too, so the train step applies it. Config block `frontend` picks the kind
-(`logmel`, or `fbank` for AST) and its sizes.
+(`logmel`, `fbank` for AST, `panns`, `vggish`) and its sizes.
 """
 import jax
 
 from audiotl_jax.features import fbank
 from audiotl_jax.features import logmel
+from audiotl_jax.features import panns
+from audiotl_jax.features import vggish
 from audiotl_jax.features.augment import random_gain
 from audiotl_jax.features.augment import spec_augment
 from audiotl_jax.features.normalization import normalize
@@ -18,9 +20,12 @@ def make_featurizer(fcfg, norm: dict | None):
   """Returns `featurize(audio_int16, rng, train)` -> normalised (batch, frames, n_mels)."""
   mean = float(norm["mean"]) if norm else 0.0
   std = float(norm["std"]) if norm else 1.0
+  if fcfg.get("kind") == "vggish":
+    vggish.check_frontend(fcfg)
 
   def featurize(audio, rng=None, train=False, augment=None):
-    x = logmel.pcm_to_float(audio)
+    # PANNs' weights saw int16 / 32767, the others / 32768.
+    x = (panns.pcm_to_float if fcfg.get("kind") == "panns" else logmel.pcm_to_float)(audio)
     if train and augment is not None and augment.get("gain_db", 0.0) > 0:
       # Its own key, so turning gain on leaves SpecAugment's masks as they were.
       x = random_gain(jax.random.fold_in(rng, 1), x, max_db=augment.gain_db)
@@ -29,6 +34,14 @@ def make_featurizer(fcfg, norm: dict | None):
       f = fbank.ast_features(x, sample_rate=fcfg.sample_rate, num_mel_bins=fcfg.n_mels,
                              target_frames=fcfg.get("target_frames", 0),
                              mean=mean if norm else None, std=std)
+    elif fcfg.get("kind") == "panns":
+      # torchlibrosa's log-mel (reflect padding); no normalisation: the model's bn0 does it.
+      f = panns.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,
+                        fmin=fcfg.fmin, fmax=fcfg.fmax)
+    elif fcfg.get("kind") == "vggish":
+      # mel_features' fixed log-mel in whole 96-frame examples; never normalised: VGGish's
+      # weights expect these values as they are.
+      f = vggish.log_mel_examples(x)
     else:
       f = logmel.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,
                          fmin=fcfg.fmin, fmax=fcfg.fmax or None)
@@ -43,8 +56,13 @@ def make_featurizer(fcfg, norm: dict | None):
 
 
 def feature_frames(fcfg, num_samples: int) -> int:
-  """Frames the configured frontend (`kind` logmel or fbank) makes from `num_samples`."""
+  """Frames the configured frontend (`kind` logmel, fbank, panns or vggish) makes from
+  `num_samples`."""
   if fcfg.get("kind", "logmel") == "fbank":
     target = int(fcfg.get("target_frames", 0))
     return target if target > 0 else fbank.num_frames(num_samples, fcfg.sample_rate)
+  if fcfg.get("kind") == "panns":
+    return panns.num_frames(num_samples, fcfg.hop_length)
+  if fcfg.get("kind") == "vggish":
+    return vggish.num_frames(num_samples)
   return logmel.num_frames(num_samples, fcfg.hop_length)

@@ -3,8 +3,8 @@
 Every model takes log-mel features (batch, frames, mel_bins), is called as
 `model.apply(variables, x, train=..., mutable=[...])`, and returns `(logits, out)` where `out`
 holds the named intermediates (`block1`..`blockN`, `pooled`, `embedding`, `logits`). Parameters
-live only under the top-level names `block1`..`blockN`, `embedding` or `gru`, and `head`, which
-the fine-tuning code freezes by regex.
+live only under the top-level names `block1`..`blockN`, `embedding` or `gru`, and `head` (plus a
+family's stem, `stem_names()`: PANNs' `bn0`), which the fine-tuning code freezes by regex.
 """
 import dataclasses
 import math
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from audiotl_jax.errors import UserError, unknown_name
-from audiotl_jax.models import ast, common, convnets
+from audiotl_jax.models import ast, common, convnets, panns, vggish
 
 
 class _Family(NamedTuple):
@@ -30,6 +30,9 @@ class _Family(NamedTuple):
 _FAMILIES = {
     **{c.FAMILY: _Family(c, c.VARIANTS, c.DEFAULT_VARIANT) for c in convnets.FAMILIES},
     ast.FAMILY: _Family(ast.Ast, ast.VARIANTS, ast.DEFAULT_VARIANT, ast.DEFAULT_INPUT),
+    panns.FAMILY: _Family(panns.Panns, panns.VARIANTS, panns.DEFAULT_VARIANT),
+    vggish.FAMILY: _Family(vggish.Vggish, vggish.VARIANTS, vggish.DEFAULT_VARIANT,
+                           vggish.DEFAULT_INPUT),
 }
 
 

@@ -42,11 +42,16 @@ def compute_norm(fcfg, batches, mesh, num_batches: int) -> dict:
   """Mean and std of log-mel features over the first `num_batches` training batches.
 
   The fbank frontend normalises with fixed statistics (AudioSet's unless the config gives a
-  dataset's own, from `audiotl stats`), as AST does: nothing is computed.
+  dataset's own, from `audiotl stats`), as AST does: nothing is computed. PANNs and VGGish
+  frontends keep their recipes' features: the identity.
   """
   if fcfg.get("kind", "logmel") == "fbank":
     return {"mean": float(fcfg.get("fbank_mean", fbank.AUDIOSET_MEAN)),
             "std": float(fcfg.get("fbank_std", fbank.AUDIOSET_STD))}
+  if fcfg.get("kind", "logmel") in ("panns", "vggish"):
+    # Their own recipes: PANNs normalise in the model (bn0), VGGish not at all. Identity, so
+    # the metadata does not record statistics nothing uses.
+    return {"mean": 0.0, "std": 1.0}
   featurize = jax.jit(make_featurizer(fcfg, None))
   stats = []
   for _, batch in zip(range(num_batches), batches):
