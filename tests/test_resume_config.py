@@ -31,3 +31,15 @@ def test_resume_may_change_what_only_watches_the_run(prepared, tmp_path):
   pretrain.run(tiny_pretrain_config(data, stop_at=2), tmp_path)
   out = pretrain.run(tiny_pretrain_config(data, log_every=2, keep_checkpoints=3), tmp_path)
   assert out["total_steps"] == 4 and not (tmp_path / "config_history").exists()
+
+
+def test_a_run_started_before_a_new_option_existed_still_resumes(prepared, tmp_path):
+  """A key the saved config lacks is an option added since, not a change."""
+  from audiotl_jax.stages import pretrain
+  data = prepared["audioset"]
+  pretrain.run(tiny_pretrain_config(data, stop_at=2), tmp_path)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["data"]["max_val_clips"]  # as an older audiotl wrote it
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  out = pretrain.run(tiny_pretrain_config(data), tmp_path)
+  assert out["total_steps"] == 4

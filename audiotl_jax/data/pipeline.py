@@ -7,15 +7,24 @@ infinite), so every batch is full. The iterator's `get_state()`/`set_state()` re
 position, and the random crops are a function of (seed, position in the global shuffled stream), so
 a restored run sees the same batches.
 
+Resuming on another number of processes: the Grain state files are per process, so `seek` puts a
+fresh iterator where a run on the new count would be after that many steps (the state is a
+function of the step alone). When the number of selected records is a multiple of both counts,
+that is exactly where the old run was in the global stream; otherwise each process's epoch
+boundary moves by less than one record per process.
+
 Evaluation: one finite pass, every selected record exactly once across processes, each process
 padded to the same number of batches (a multi-host eval step must run on all hosts), with a `mask`
-marking the padding rows.
+marking the padding rows. `cap_indices` picks a fixed, seeded subset to evaluate.
 
 Labels: dataset label indices go through `class_map` (-1 drops a label). With target "multihot" a
 record whose labels all map to -1 gives an all-zero row (callers select `indices` to avoid that);
 with target "class" the first mapped label is the class, and a selected record without one is an
 error, raised up front.
 """
+import re
+from pathlib import Path
+
 import grain
 import numpy as np
 
@@ -188,6 +197,54 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
   elif prefetch > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
   return iter(ds)
+
+
+def saved_process_count(data_dir) -> int | None:
+  """How many processes wrote the Grain iterator state in `data_dir` (a checkpoint's `data`
+  item: one `process_<i>-of-<n>.json` per process); None if it holds none."""
+  counts = {int(m.group(1)) for p in Path(data_dir).glob("process_*-of-*.json")
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", p.name))}
+  if len(counts) > 1:
+    raise UserError(f"{data_dir} holds iterator states of {sorted(counts)} processes at once; "
+                    f"the checkpoint is damaged: resume from another step or a new workdir")
+  return counts.pop() if counts else None
+
+
+def seek(iterator: grain.DatasetIterator, steps: int, *, batch_size: int,
+         process_count: int | None = None) -> None:
+  """Moves a fresh `train_iterator` (global `batch_size`) to the batch it yields after `steps`
+  batches, without reading any data: where a run on this process count is at that step."""
+  steps = int(steps)
+  try:
+    grain.experimental.set_next_index(iterator, steps)
+    return
+  except NotImplementedError:
+    pass  # Grain 0.2 cannot move an interleave of several workers (mp_prefetch) by index.
+  # Worker w of W makes batches w, w + W, ... of this process's stream, each from the next
+  # `local_batch` records of its own slice: after `steps` batches it has read ceil((steps-w)/W).
+  local_batch = _local_batch(batch_size, _processes(0, process_count)[1])
+  state = iterator.get_state()
+  try:
+    workers = state["iterators_in_use_states"]
+    state = {**state, "next_index_in_cycle": steps % len(workers), "iterators_in_use_states": [
+        {**w_state, "next_index": -(-(steps - w) // len(workers)) * local_batch}
+        for w, w_state in enumerate(workers)]}
+  except (KeyError, TypeError) as e:
+    raise UserError(f"this Grain version keeps the position of several data workers in a form "
+                    f"seek() does not know ({e!r})") from e
+  iterator.set_state(state)
+
+
+def cap_indices(indices, max_clips: int, seed: int) -> np.ndarray:
+  """At most `max_clips` of `indices` (0: all), drawn by `seed` and sorted: a fixed subset, so
+  every evaluation of a run, and every run with the same seed, scores the same clips."""
+  indices = np.asarray(indices)
+  if max_clips < 0:
+    raise UserError(f"config key 'data.max_val_clips' must be >= 0 (0: no cap), got {max_clips}")
+  if not max_clips or len(indices) <= max_clips:
+    return indices
+  pick = np.random.default_rng(int(seed)).choice(len(indices), max_clips, replace=False)
+  return np.sort(indices[pick])
 
 
 def _eval_indices(dataset, split, indices, class_map, num_classes, target, batch_size,

@@ -14,6 +14,8 @@ import copy
 import time
 from pathlib import Path
 
+import jax
+
 from audiotl_jax import config as config_lib
 from audiotl_jax.analysis import report
 from audiotl_jax.data import readers, shard_writer, synthetic
@@ -32,7 +34,8 @@ def _prepared(raw: Path, out: Path, reader: str, *, sample_rate: int, clip_secon
 
 def run(config, workdir: Path) -> Path:
   workdir = Path(workdir)
-  config_lib.write(config, workdir)
+  if jax.process_index() == 0:
+    config_lib.write(config, workdir)
   t0 = time.time()
   sr = config.pretrain.frontend.sample_rate
 

@@ -117,10 +117,11 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
     written[split] = meta_out
     print(f"embed: wrote {n} clips x {', '.join(f'{k}{tuple(v)}' for k, v in files.items())} "
           f"to {split_dir}")
-  config_lib.write(ml_collections.ConfigDict({
-      "checkpoint": str(checkpoint), "dataset": str(dataset_dir), "splits": list(splits),
-      "layers": list(layers), "pooling": pooling, "layout": layout}), Path(out_dir),
-      "embed_config.json")
+  if jax.process_index() == 0:
+    config_lib.write(ml_collections.ConfigDict({
+        "checkpoint": str(checkpoint), "dataset": str(dataset_dir), "splits": list(splits),
+        "layers": list(layers), "pooling": pooling, "layout": layout}), Path(out_dir),
+        "embed_config.json")
   return written
 
 

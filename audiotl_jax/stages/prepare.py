@@ -3,8 +3,12 @@
 The reader (`data/readers/`, chosen by config key `reader`) lists the items; `data/shard_writer`
 decodes, resamples and writes them in parallel, resuming from the shards already finished.
 """
+import json
 import os
+import time
 from pathlib import Path
+
+import jax
 
 from audiotl_jax import config as config_lib
 from audiotl_jax.data import readers, shard_writer
@@ -25,6 +29,8 @@ def run(config, workdir) -> dict:
   if not takes_file and not root.is_dir():
     raise UserError(f"config key 'root': {root} is a file; reader {config.reader!r} takes the "
                     "dataset's folder")
+  if jax.process_index() != 0:
+    return _wait_for_manifest(workdir)
   config_lib.write(config, workdir, "prepare_config.json")
   listing = readers.get_reader(config.reader)(root,
                                               **config_lib.to_dict(config.options))
@@ -32,3 +38,14 @@ def run(config, workdir) -> dict:
                               clip_seconds=config.clip_seconds, shard_size=config.shard_size,
                               num_workers=config.num_workers or os.cpu_count(),
                               progress=config.progress)
+
+
+def _wait_for_manifest(workdir: Path, poll_seconds: float = 10.0) -> dict:
+  """Other processes of a multi-host job: process 0 prepares (one writer of a shared folder);
+  they wait for its manifest, polling the shared filesystem rather than holding a collective
+  open for the hours a large prepare takes. A launcher stops them if process 0 fails."""
+  manifest = workdir / "manifest.json"
+  print(f"prepare: process {jax.process_index()} waits for process 0 to write {manifest}")
+  while not manifest.exists():
+    time.sleep(poll_seconds)
+  return json.loads(manifest.read_text())

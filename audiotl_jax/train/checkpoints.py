@@ -6,21 +6,27 @@ Items in each step directory:
   data      the Grain iterator state, so a resumed run sees exactly the batches it would have seen
   metadata  JSON: config, model name, classes, frontend settings and normalisation, version
 Saving is asynchronous and atomic (Orbax writes to a temporary directory and renames). The manager
-keeps the latest `keep` steps plus the best by the validation metric.
+keeps the latest `keep` steps plus the best by the validation metric. A step whose files are
+damaged (an item folder gone, an array file cut short) is passed over for the newest intact one,
+with a one-line warning: resuming moves it to `workdir/damaged_checkpoints/`.
 """
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from etils import epath
 import grain
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from audiotl_jax.errors import UserError
+from audiotl_jax.train import integrity
 
 ITEMS = ("model", "train", "data", "metadata")
 
@@ -61,7 +67,9 @@ class Checkpointer:
         "metadata": ocp.JsonCheckpointHandler(),
     }
     self.best_metric = best_metric
+    integrity.drop_broken_metrics(self.directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._closed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -111,33 +119,119 @@ class Checkpointer:
         "train": ocp.args.StandardRestore(
             {"opt_state": abstract.opt_state, "step": abstract.step, "rng": abstract.rng}),
     }
-    if data_iter is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    if data_iter is not None:
+      # Last, so a step whose arrays fail to restore leaves the iterator where it was.
+      self.manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data_iter)))
     return abstract_state.replace(
         params=out.model["params"], batch_stats=out.model["batch_stats"],
         opt_state=out.train["opt_state"], step=out.train["step"], rng=out.train["rng"])
 
+  def resume(self, restore: Callable[[int], Any]) -> tuple[int | None, Any, dict | None]:
+    """The newest intact step: (step, what `restore(step)` gave, its metadata), or (None, None,
+    None) when there is none. `restore` restores one step (`self.restore` with the fresh state
+    and iterator). Damaged steps newer than it are named in a warning each and moved to
+    `workdir/damaged_checkpoints/`, so the resumed run can save those step numbers again and
+    Orbax never ranks them."""
+    found, restored, metadata, damaged = None, None, None, []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      step_dir = self.directory / str(step)
+      problem = integrity.damage(step_dir, ITEMS)
+      if problem is None:
+        try:
+          metadata = ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
+          restored, found = restore(step), step
+          break
+        except UserError:
+          raise  # not the files: something the user must change
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+          problem = integrity.first_line(e)
+      damaged.append((step, problem))
+    self._set_aside(damaged, found)
+    return found, restored, metadata if found is not None else None
+
+  def _set_aside(self, damaged, found) -> None:
+    if not damaged:
+      return
+    aside = self.directory.parent / "damaged_checkpoints"
+    for step, problem in damaged:
+      dest = aside / str(step)
+      k = 0
+      while dest.exists():
+        k += 1
+        dest = aside / f"{step}.{k}"
+      if jax.process_index() == 0:
+        aside.mkdir(exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(dest))
+        then = f"resuming from step {found}" if found is not None else "starting afresh"
+        print(f"audiotl: warning: checkpoint step {step} in {self.directory} is damaged "
+              f"({problem}); moved it to {dest}, {then}", file=sys.stderr)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("audiotl: damaged checkpoints set aside")
+    self.manager.reload()
+
   def wait(self):
     self.manager.wait_until_finished()
 
+  def committed_step(self) -> int | None:
+    """Waits for the saves in flight, then the newest step on disk: what a message may name."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception:  # A save that failed is not there; the listing below says what is.
+      pass
+    steps = finished_steps(self.directory) if self.directory.exists() else []
+    return steps[-1] if steps else None
+
   def close(self):
+    """Waits for the saves in flight, then closes; again is a no-op."""
+    if self._closed:
+      return
     self.manager.wait_until_finished()
     self.manager.close()
+    self._closed = True
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    """Every way out of a run waits for its saves: an error or a Ctrl-C right after a save
+    would otherwise throw that save away. On such a way out a failing close does not hide the
+    error that got there first."""
+    try:
+      self.close()
+    except Exception:
+      if exc_type is None:
+        raise
 
 
-def _step_dir(path: Path) -> Path:
-  """A workdir, its checkpoints/ folder or one step folder -> the step folder to read."""
+def _is_step_dir(path: Path) -> bool:
+  """One step's folder, damaged ones included (a workdir or checkpoints/ folder is neither)."""
+  return ((path / "_CHECKPOINT_METADATA").exists() or (path / "model").is_dir()
+          or (path / "metadata").is_dir()
+          or path.name.isdigit() and path.parent.name == "checkpoints")
+
+
+def _candidates(path: Path) -> tuple[bool, list[Path]]:
+  """A step folder: (True, [it]); a workdir or its checkpoints/ folder: (False, its step folders,
+  the best first (`best.json`), then the newest to the oldest)."""
   path = Path(path).resolve()
-  if (path / "metadata").exists() and (path / "model").exists():
-    return path
+  if _is_step_dir(path):
+    return True, [path]
   ckpt = path / "checkpoints" if (path / "checkpoints").exists() else path
   if not ckpt.exists():
     raise UserError(f"checkpoint path {path} does not exist")
-  step = _best_or_latest(ckpt)
-  if step is None:
+  steps = sorted((int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()),
+                 reverse=True)
+  if not steps:
     raise UserError(f"no finished checkpoint under {ckpt} (expected numbered step folders)")
-  return ckpt / str(step)
+  best = ckpt / "best.json"
+  if best.exists():
+    step = json.loads(best.read_text()).get("step")
+    if step is not None and int(step) in steps:
+      steps.remove(int(step))
+      steps.insert(0, int(step))
+  return False, [ckpt / str(s) for s in steps]
 
 
 def finished_steps(ckpt: Path) -> list[int]:
@@ -146,20 +240,20 @@ def finished_steps(ckpt: Path) -> list[int]:
                 if p.is_dir() and p.name.isdigit() and (p / "model").exists())
 
 
-def _best_or_latest(ckpt: Path) -> int | None:
-  """The step recorded as best in `best.json` by the loop, else the latest."""
-  steps = finished_steps(ckpt)
-  best = ckpt / "best.json"
-  if best.exists():
-    step = json.loads(best.read_text()).get("step")
-    if step is not None and int(step) in steps:
-      return int(step)
-  return steps[-1] if steps else None
-
-
 def read_metadata(path: Path) -> dict:
-  step_dir = _step_dir(path)
-  return ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
+  """The metadata of a step folder, or of the step of a workdir that `load_model` would read
+  (passing over steps with damaged files)."""
+  explicit, dirs = _candidates(path)
+  for step_dir in dirs:
+    problem = integrity.damage(step_dir, ("model", "metadata"))
+    if problem is None:
+      try:
+        return ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
+      except Exception as e:
+        problem = integrity.first_line(e)
+    if explicit:
+      raise _damaged(step_dir, problem)
+  raise UserError(f"no intact checkpoint under {dirs[0].parent}: every step folder is damaged")
 
 
 def _host_targets(metadata) -> Any:
@@ -178,21 +272,49 @@ def _host_targets(metadata) -> Any:
 def load_model(path: Path) -> tuple[dict, dict, Path]:
   """Loads {params, batch_stats} and metadata from a workdir or step folder (host arrays).
 
-  Used by fine-tuning and embedding, which lay the arrays out on their own mesh afterwards.
+  Used by fine-tuning and embedding, which lay the arrays out on their own mesh afterwards. A
+  workdir whose best (or latest) step is damaged gives its newest intact step instead, with a
+  one-line warning; a damaged step folder named explicitly is a UserError.
   """
-  step_dir = _step_dir(path)
-  try:
-    with ocp.StandardCheckpointer() as ckptr:
-      model = ckptr.restore(step_dir / "model", _host_targets(
-          ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "model"))))
-  except Exception as e:  # Orbax raises many types for a damaged folder; name the folder.
-    raise UserError(f"could not read the model checkpoint in {step_dir}: {e}") from e
-  model = jax.tree.map(lambda x: jax.device_get(x), model)
-  return model, read_metadata(step_dir), step_dir
+  explicit, dirs = _candidates(path)
+  passed = []
+  for step_dir in dirs:
+    problem = integrity.damage(step_dir, ("model", "metadata"))
+    if problem is None:
+      try:
+        metadata = ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
+        with ocp.StandardCheckpointer() as ckptr:
+          model = ckptr.restore(step_dir / "model", _host_targets(
+              ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "model"))))
+      except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+        problem = integrity.first_line(e)
+    if problem is not None:
+      if explicit:
+        raise _damaged(step_dir, problem)
+      passed.append((step_dir, problem))
+      continue
+    if jax.process_index() == 0:
+      for bad, why in passed:
+        print(f"audiotl: warning: checkpoint step {bad.name} in {bad.parent} is damaged "
+              f"({why}); using step {step_dir.name}", file=sys.stderr)
+    model = jax.tree.map(lambda x: jax.device_get(x), model)
+    return model, metadata, step_dir
+  raise UserError(f"no intact checkpoint under {dirs[0].parent}: every step folder is damaged "
+                  f"(step {passed[0][0].name}: {passed[0][1]})")
+
+
+def _damaged(step_dir: Path, problem: str) -> UserError:
+  return UserError(f"checkpoint {step_dir} is damaged ({problem}); name another step folder, or "
+                   f"the workdir to load its newest intact step")
 
 
 def mark_best(workdir: Path, step: int, metrics: dict[str, Any]) -> None:
-  """Records which step is best, so readers need not know the metric."""
+  """Records which step is best, so readers need not know the metric.
+
+  Process 0 writes it alone: every process renaming its own copy over one shared file races.
+  """
+  if jax.process_index() != 0:
+    return
   path = Path(workdir).resolve() / "checkpoints" / "best.json"
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")

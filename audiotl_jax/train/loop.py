@@ -7,8 +7,10 @@ expects: mesh, data, optimizer and state, restore or start, step, evaluation, lo
 The workdir holds everything: config.json, checkpoints/ (model, optimizer, iterator position,
 metadata), metrics.jsonl, tensorboard/ and results.json.
 """
+import contextlib
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,13 +21,14 @@ from tqdm import tqdm
 
 import audiotl_jax
 from audiotl_jax import config as config_lib
+from audiotl_jax import fileio
 from audiotl_jax import models
 from audiotl_jax.data import pipeline, sampling
 from audiotl_jax.errors import UserError
 from audiotl_jax.features import featurizer
 from audiotl_jax.models import transfer
 from audiotl_jax.train import checkpoints, mesh as mesh_lib, metrics as metrics_lib
-from audiotl_jax.train import state as state_lib, step as step_lib
+from audiotl_jax.train import lock, preemption, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -44,6 +47,7 @@ class Task:
   eval_every: int               # steps between evaluations (each one saves a checkpoint)
   metadata: dict                # stage-specific checkpoint metadata, merged into the common one
   results: dict                 # stage-specific fields of results.json
+  checkpoint_every: int = 0     # steps between checkpoints besides the evaluations'; 0: none
   strategy: Any = None          # models.transfer.Strategy (masks); None: everything trains
   pretrained: dict | None = None  # {params, batch_stats} host trees to start from
   on_finish: Callable | None = None  # (state, metadata, results) -> None, after the final test
@@ -55,11 +59,22 @@ def begin(config, workdir: Path, stage: str) -> dict | None:
 
   A finished workdir keeps the config.json it finished with: a re-run with other settings must
   not leave a config that contradicts its results.json.
+
+  The workdir's lock comes first (a second run must not touch the workdir at all); `train`
+  gives it back when it ends.
   """
-  done = checkpoints.finished_run(workdir, stage)
-  if done is None:
-    _check_resume_config(config, workdir)
-    config_lib.write(config, workdir)
+  lock.hold(workdir)
+  try:
+    done = checkpoints.finished_run(workdir, stage)
+    if done is None:
+      _check_resume_config(config, workdir)
+      if jax.process_index() == 0:  # one writer of a shared file: no rename race between hosts
+        config_lib.write(config, workdir)
+  except BaseException:
+    lock.release(workdir)
+    raise
+  if done is not None:
+    lock.release(workdir)
   return done
 
 
@@ -84,6 +99,9 @@ def _check_resume_config(config, workdir: Path) -> None:
   except ValueError:
     return  # unreadable (a crash mid-write in an old version): nothing to compare with
   changed = config_lib.changed_keys(old, config_lib.to_dict(config), ignore=RESUMABLE_CHANGES)
+  # A key the saved config lacks is an option added to audiotl since the run began (it takes
+  # its default), not a change: a run started by an older version still resumes.
+  changed = [k for k in changed if _has_key(old, k)]
   if not changed:
     return
   if not config.get("allow_changes", False):
@@ -91,11 +109,44 @@ def _check_resume_config(config, workdir: Path) -> None:
     raise UserError(f"{workdir} holds a run started with another config ({shown} differ from "
                     f"its config.json); resume with the same settings, use a new workdir, or "
                     f"pass --config.allow_changes=true to go on with the new ones")
+  if jax.process_index() != 0:
+    return  # process 0 keeps the history: one writer of shared files
   history = workdir / "config_history"
   history.mkdir(exist_ok=True)
   kept = history / f"config.{len(list(history.glob('config.*.json'))):03d}.json"
-  kept.write_text(path.read_text())
+  fileio.write_text(kept, path.read_text())
   print(f"resume: config keys {', '.join(changed)} changed (allowed); the old config is in {kept}")
+
+
+def _has_key(tree: dict, dotted: str) -> bool:
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return False
+    tree = tree[part]
+  return True
+
+
+def _restore(ckpt, step: int, state, data_iter, batch_size: int):
+  """The state saved at `step`, with `data_iter` moved to where the run was.
+
+  Grain saves one iterator file per process, so a run resumed on another number of processes
+  has none of its own: its position is rebuilt from the step alone (`pipeline.seek`).
+  """
+  writers = pipeline.saved_process_count(ckpt.directory / str(step) / "data")
+  if writers in (None, jax.process_count()):
+    return ckpt.restore(step, state, data_iter)
+  state = ckpt.restore(step, state, None)
+  try:
+    pipeline.seek(data_iter, step, batch_size=batch_size)
+  except UserError as e:
+    raise UserError(f"{ckpt.directory / str(step)} was saved by {writers} processes and this "
+                    f"run has {jax.process_count()}, but {e}; resume with {writers} processes, "
+                    f"or with config key 'data.worker_count' at 0 or 1, or in a new workdir"
+                    ) from e
+  if jax.process_index() == 0:
+    print(f"resume: step {step} was saved by {writers} processes and resumes on "
+          f"{jax.process_count()}; the data position is rebuilt from the step")
+  return state
 
 
 def check_sample_rate(dataset, fcfg) -> None:
@@ -111,8 +162,18 @@ def clip_samples(config, dataset) -> int:
 
 
 def train(config, workdir: Path, task: Task) -> dict:
-  """Trains `task` as `config` says; returns (and writes) its results."""
-  workdir = Path(workdir)
+  """Trains `task` as `config` says; returns (and writes) its results.
+
+  Every way out (results, `stop_at`, preemption, an error, Ctrl-C) waits for the saves in
+  flight, gives the SIGTERM handler back and releases the workdir's lock: `exits` holds them.
+  """
+  with contextlib.ExitStack() as exits:
+    lock.hold(workdir)
+    exits.callback(lock.release, workdir)
+    return _train(config, Path(workdir), task, exits)
+
+
+def _train(config, workdir: Path, task: Task, exits: contextlib.ExitStack) -> dict:
   is_main = jax.process_index() == 0
   t_start = time.time()
   dataset, sel, fc = task.dataset, task.selection, task.frontend
@@ -161,12 +222,13 @@ def train(config, workdir: Path, task: Task) -> dict:
   num_params = models.count_params(state.params)
 
   # ---------------------------------------------------------------- restore or start
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                  best_metric=f"val_{task.main_metric}")
-  latest = ckpt.latest_step()
+  ckpt = exits.enter_context(checkpoints.Checkpointer(
+      workdir, keep=config.keep_checkpoints, best_metric=f"val_{task.main_metric}"))
+  # The newest intact step: a damaged one is named, set aside and passed over.
+  latest, restored, saved = ckpt.resume(
+      lambda step: _restore(ckpt, step, state, data_iter, config.batch_size))
   if latest is not None:
-    state = ckpt.restore(latest, state, data_iter)
-    norm = checkpoints.read_metadata(ckpt.directory / str(latest))["norm"]
+    state, norm = restored, saved["norm"]
     if is_main:
       print(f"{task.stage}: resuming from step {latest} in {ckpt.directory}")
   else:
@@ -215,15 +277,21 @@ def train(config, workdir: Path, task: Task) -> dict:
   progress = tqdm(total=total_steps, initial=start, desc=task.desc or task.stage, unit="step",
                   disable=not (is_main and config.progress))
   stop_at = config.get("stop_at", 0)
+  notice = preemption.Notice()  # from now on SIGTERM only sets a flag, looked at between steps
+  exits.callback(notice.restore)
   for step in range(start + 1, total_steps + 1):
     state, m = step_fn(state, mesh_lib.to_global(next(data_iter), mesh))
     pending.append((step, m))
     clips_since += config.batch_size
     progress.update(1)
-    last = step == total_steps or step == stop_at
+    last, stopping = step == total_steps, step == stop_at and step != total_steps
     evaluate_now = step % task.eval_every == 0 or last
-    if step % config.log_every == 0 or evaluate_now:
-      step_lib.check_finite(pending, last_good, ckpt.directory)  # The one host sync, on purpose.
+    save_now = (evaluate_now or stopping
+                or bool(task.checkpoint_every) and step % task.checkpoint_every == 0)
+    if step % config.log_every == 0 or save_now:
+      if not all(bool(m["finite"]) for _, m in pending):  # The one host sync, on purpose.
+        last_good = ckpt.committed_step()  # the message may name only a save that is on disk
+      step_lib.check_finite(pending, last_good, ckpt.directory)
       loss = float(pending[-1][1]["loss"])
       rate = clips_since / max(time.time() - t_log, 1e-9)
       writer.write(step, {"train_loss": loss, "grad_norm": float(pending[-1][1]["grad_norm"]),
@@ -233,16 +301,30 @@ def train(config, workdir: Path, task: Task) -> dict:
     if evaluate_now:
       val = evaluate(val_split, sel.val, "val")
       writer.write(step, {f"val_{k}": v for k, v in val.items()})
+    if save_now:
+      # Only an evaluated step carries a metric, so only it can rank as best.
       ckpt.save(step, state, data_iter, metadata,
-                metrics={f"val_{task.main_metric}": val[task.main_metric]})
+                metrics={f"val_{task.main_metric}": val[task.main_metric]} if evaluate_now
+                else None)
       last_good = step
-    if step == stop_at and step != total_steps:
+    if stopping:
       ckpt.close()
       progress.close()
       print(f"{task.stage}: stopped at step {step} as config key 'stop_at' asked; run again to "
             f"resume")
       return {"stopped_at": step}
+    if notice.reached(step):  # SIGTERM: save this step, wait for it, stop; a re-run resumes
+      if last_good != step:
+        ckpt.save(step, state, data_iter, metadata)
+      ckpt.wait()
+      progress.close()
+      message = (f"{task.stage}: preempted (SIGTERM) at step {step}, saved in {ckpt.directory}; "
+                 f"run the same command again to resume")
+      if is_main:
+        print(message, file=sys.stderr)
+      raise preemption.Preempted(step, message)
   progress.close()
+  notice.restore()
   ckpt.wait()
 
   # ---------------------------------------------------------------- final test (once)
@@ -250,6 +332,10 @@ def train(config, workdir: Path, task: Task) -> dict:
   if best is not None:
     checkpoints.mark_best(workdir, best, {})
     model_vars, _, _ = checkpoints.load_model(ckpt.directory / str(best))
+    # On the mesh once: host arrays would be uploaded again by every predict call.
+    replicated = mesh_lib.replicated(mesh)
+    model_vars = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), model_vars)
     state = state.replace(params=model_vars["params"], batch_stats=model_vars["batch_stats"])
   val = evaluate(val_split, sel.val, "val")
   test = evaluate(test_split, sel.test, "test") if len(sel.test) else {}

@@ -33,6 +33,7 @@ def get_config(arg=None):
       ("batch_size", 8),
       ("total_steps", arg.steps),
       ("log_every", 1),
+      ("eval_every", arg.steps),
       ("checkpoint_every", arg.steps),
       ("frontend.n_mels", 32),
       ("progress", False),
