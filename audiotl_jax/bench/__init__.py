@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 
 from audiotl_jax.bench.ast import bench_ast
+from audiotl_jax.bench.embedding import bench_embedding
 from audiotl_jax.bench.frontend import bench_frontend
 from audiotl_jax.bench.pipeline import bench_pipeline
 from audiotl_jax.bench.prepare import bench_prepare
@@ -30,6 +31,7 @@ BENCHES = {
     "prepare": bench_prepare,
     "scores": bench_scores,
     "ast": bench_ast,
+    "embedding": bench_embedding,
 }
 
 

@@ -1,14 +1,31 @@
-"""`audiotl bench --only train_step`: the CNN pre-training step, in clips/s.
+"""`audiotl bench --only train_step`: the pre-training step of each model family, in clips/s.
 
 The step is the one `audiotl pretrain` runs (`timing.time_train_step`), with the optimizer and
 augmentation of `configs/pretrain.py`, on random clips and AudioSet-sized (527) multi-hot labels.
+Every model takes the same 16 kHz log-mel frontend (`frontend.FRONTEND`, 1001 frames x 64 bins
+for 10 s), which is what `configs/pretrain.py` gives the conv families, Cnn14 and VGGish alike, so
+the rows differ only in the network. `AUDIOTL_BENCH_MODELS=panns:cnn14,vggish:base` benches
+those registry names instead of the defaults (here and in the `embedding` bench).
 """
+import os
+
 import ml_collections
 
 from audiotl_jax import models
 from audiotl_jax.bench import timing
 from audiotl_jax.bench.frontend import FRONTEND
 from audiotl_jax.features import logmel
+
+MODELS_ENV = "AUDIOTL_BENCH_MODELS"
+MODELS = ["cnn:S", "crnn:S", "dcase_cnn", "panns:cnn14", "vggish:base"]
+
+
+def chosen_models(default: list[str]) -> list[str]:
+  """`AUDIOTL_BENCH_MODELS` (comma-separated registry names) when set, else `default`."""
+  names = [n.strip() for n in os.environ.get(MODELS_ENV, "").split(",") if n.strip()]
+  for name in names:  # before any timing: an unknown name fails now, listing the known ones
+    models.get_model(name, num_classes=527)
+  return names or default
 
 
 def bench_train_step(workdir, quick: bool) -> list[dict]:
@@ -23,8 +40,7 @@ def bench_train_step(workdir, quick: bool) -> list[dict]:
   mesh = mesh_lib.make_mesh()
   batch = timing.fit_batch(batch, mesh)
   data = timing.random_batch(batch, samples)
-  names = ["cnn:tiny"] if quick else ["cnn:S", "crnn:S", "dcase_cnn"]
-  for name in names:
+  for name in chosen_models(["cnn:tiny"] if quick else MODELS):
     model = models.get_model(name, num_classes=527)
     compile_s, sec, num_params = timing.time_train_step(
         model, fc, {"mean": -30.0, "std": 15.0}, data, mesh, defaults, frames=frames,
