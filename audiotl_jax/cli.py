@@ -99,7 +99,10 @@ def _setup_processes():
                          str(Path.home() / ".cache" / "audiotl" / "jax"))
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Every program, however quick to compile: a study's many short runs spend much of their
+    # time compiling small ones (eval, init, metrics), each a file read on a hit.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   from audiotl_jax.train import mesh  # pylint: disable=g-import-not-at-top  (JAX: only now)
   mesh.initialize_distributed()
 

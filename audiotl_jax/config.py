@@ -204,6 +204,7 @@ def to_dict(config) -> dict:
 
 def write(config, workdir: Path, name: str = "config.json") -> Path:
   """Writes the resolved config into the workdir: the record of what ran."""
+  workdir = fileio.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   return fileio.write_json(workdir / name, to_dict(config), indent=2, sort_keys=True)
 

@@ -239,9 +239,5 @@ def test_pretrain_on_a_full_disk_ends_with_the_one_line_error(pretrain_on_a_full
   assert last[0].startswith("audiotl: error: no space left on device")
 
 
-@pytest.mark.xfail(strict=True, reason="train/ (not cli.run) would need to change: Orbax's save "
-                   "threads log each failure with its traceback (absl ERROR) before the main "
-                   "thread sees it, and the tensorboardX writer, never closed on the error path, "
-                   "fails again in its atexit flush")
 def test_pretrain_on_a_full_disk_prints_only_that_line(pretrain_on_a_full_disk):
   _assert_one_line(pretrain_on_a_full_disk, where="")

@@ -1,6 +1,7 @@
 """The files the analysis reads: each run's `results.json` and `audiotl score`'s `scores.json`."""
 import json
-from pathlib import Path
+
+from audiotl_jax import fileio
 
 RESULTS = "results.json"  # what every stage writes into its workdir when it finishes
 SCORES = "scores.json"  # the file `audiotl score` writes into its workdir
@@ -8,7 +9,7 @@ SCORES = "scores.json"  # the file `audiotl score` writes into its workdir
 
 def read_json(path) -> dict | None:
   """The JSON file at `path`; None when there is none (a stage that has not run, or not yet)."""
-  path = Path(path)
+  path = fileio.path(path)
   return json.loads(path.read_text()) if path.exists() else None
 
 

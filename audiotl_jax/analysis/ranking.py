@@ -28,8 +28,7 @@ Two variants address the seed paper's ideal measure and are evaluated next to th
 Outputs in the workdir: `ranking.json`, `ranking.md` and `ranking.png` (score against the test
 metric, one panel per score, one colour per strategy).
 """
-import glob
-from pathlib import Path
+from etils.epath import Path
 
 import numpy as np
 
@@ -84,8 +83,8 @@ def load_finetune(patterns) -> list[dict]:
   """results.json of every fine-tuning workdir matching the glob patterns."""
   runs = []
   for pattern in patterns:
-    for d in sorted(glob.glob(str(pattern))) or [pattern]:
-      r = files.read_json(Path(d) / files.RESULTS)
+    for d in fileio.glob(pattern) or [pattern]:
+      r = files.read_json(fileio.path(d) / files.RESULTS)
       if r and r.get("stage", "finetune") == "finetune" and "init" in r:
         runs.append({**r, "workdir": str(d)})
   if not runs:
@@ -94,7 +93,7 @@ def load_finetune(patterns) -> list[dict]:
 
 
 def _key(path) -> tuple[str, str]:
-  p = Path(path).resolve()
+  p = fileio.resolved(path)
   workdir = p.parent.parent if p.name.isdigit() and p.parent.name == "checkpoints" else p
   return str(workdir), workdir.name
 
@@ -149,7 +148,7 @@ def evaluate(scores_json: dict, runs, *, size_weight: float = 0.5, num_resamples
 def run(*, scores_path: Path, finetune, out_dir: Path, size_weight: float = 0.5,
         num_resamples: int = 1000, seed: int = 0) -> Path:
   """Evaluates every score against the fine-tuning runs; writes ranking.{json,md,png}."""
-  scores_path = Path(scores_path)
+  scores_path = fileio.path(scores_path)
   if scores_path.is_dir():
     scores_path = scores_path / files.SCORES
   scores_json = files.read_json(scores_path)
@@ -157,7 +156,7 @@ def run(*, scores_path: Path, finetune, out_dir: Path, size_weight: float = 0.5,
     raise UserError(f"{scores_path} does not exist (run `audiotl score` first)")
   records = evaluate(scores_json, load_finetune(finetune),
                      size_weight=size_weight, num_resamples=num_resamples, seed=seed)
-  out_dir = Path(out_dir)
+  out_dir = fileio.path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   fileio.write_json(out_dir / "ranking.json", records, indent=2)
   lines = ["# How well each score ranks the pre-trained states", "",

@@ -7,7 +7,7 @@ and did the transferability scores rank the states as fine-tuning did (Pearson a
 correlation of each score with downstream accuracy, with the sign flipped for lower-is-better
 scores so that a positive correlation always means "the score predicted well").
 """
-from pathlib import Path
+from etils.epath import Path
 
 from audiotl_jax import fileio
 from audiotl_jax.analysis import files, plots, scaling
@@ -16,7 +16,7 @@ from audiotl_jax.errors import UserError
 
 
 def collect(study: Path) -> dict:
-  study = Path(study)
+  study = fileio.path(study)
   if not study.exists():
     raise UserError(f"study folder {study} does not exist")
   pre = {p.parent.name: files.read_json(p)
@@ -36,12 +36,12 @@ def collect(study: Path) -> dict:
 
 def write_study(study: Path, *, comparisons: list) -> None:
   """Records the study's questions, `[question, state A, state B]`: is A better than B?"""
-  Path(study).mkdir(parents=True, exist_ok=True)
-  fileio.write_json(Path(study) / "study.json", {"comparisons": comparisons}, indent=2)
+  fileio.path(study).mkdir(parents=True, exist_ok=True)
+  fileio.write_json(fileio.path(study) / "study.json", {"comparisons": comparisons}, indent=2)
 
 
 def write(study: Path) -> Path:
-  study = Path(study).resolve()
+  study = fileio.resolved(study)
   data = collect(study)
   fine = data["finetune"]
   states = sorted({s for s, _ in fine}, key=lambda s: (s == "scratch", s))

@@ -10,8 +10,8 @@ two or more fractions make a curve; a study without any gets no section.
 """
 import collections
 import math
-from pathlib import Path
 
+from etils.epath import Path
 import numpy as np
 
 from audiotl_jax.analysis import plots, stats

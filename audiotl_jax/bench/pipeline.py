@@ -3,7 +3,11 @@ the train loop consumes them.
 
 Measured: Grain (read, msgpack decode, random crop, multi-hot labels, batch) plus the transfer to
 a global array on the mesh, in the calling process (worker_count 0: threads) and in worker
-processes. The shard is written once into `workdir` (640 MB for the full run).
+processes, on shards written as `audiotl prepare` writes them (ArrayRecord's default zstd
+compression) and uncompressed. In the same run, the baseline the pipeline must beat: a plain loop
+that reads the same clips from wav files with soundfile, crops, stacks and transfers them (what
+a PyTorch DataLoader with 0 workers does). The shards and wavs are written once into `workdir`
+(640 MB each for the full run).
 """
 import json
 import os
@@ -16,8 +20,28 @@ from audiotl_jax.bench import timing
 from audiotl_jax.bench.frontend import FRONTEND
 
 
-def write_records(root: Path, n: int, samples: int, sr: int) -> None:
-  """`n` random int16 clips of `samples` in one ArrayRecord shard, with a prepared manifest."""
+def _clip(rng, samples):
+  return rng.integers(-8000, 8000, samples).astype(np.int16)
+
+
+def write_wavs(root: Path, n: int, samples: int, sr: int) -> list[Path]:
+  """The clips of `write_records` (same seed, same order) as 16-bit wav files."""
+  import soundfile as sf
+  paths = [root / f"clip{i}.wav" for i in range(n)]
+  if all(p.exists() for p in paths):
+    return paths
+  root.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for p in paths:
+    rng.integers(0, 527, 3)  # the labels' draws, to keep the audio draws in step
+    sf.write(p, _clip(rng, samples), sr, subtype="PCM_16")
+  return paths
+
+
+def write_records(root: Path, n: int, samples: int, sr: int,
+                  options: str = "group_size:1") -> None:
+  """`n` random int16 clips of `samples` in one ArrayRecord shard, with a prepared manifest.
+  `options` are ArrayRecord's writer options (the default is what `audiotl prepare` writes)."""
   from array_record.python.array_record_module import ArrayRecordWriter
   from audiotl_jax.data import dataset, records
   manifest = root / "manifest.json"
@@ -25,13 +49,12 @@ def write_records(root: Path, n: int, samples: int, sr: int) -> None:
     return  # written by an earlier run
   root.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
-  writer = ArrayRecordWriter(str(root / "train-00000.array_record"), "group_size:1")
+  writer = ArrayRecordWriter(str(root / "train-00000.array_record"), options)
   labels = []
   for i in range(n):
     ls = sorted(set(rng.integers(0, 527, 3).tolist()))
     labels.append(ls)
-    writer.write(records.encode(id=f"clip{i}", labels=ls, audio=rng.integers(
-        -8000, 8000, samples).astype(np.int16)))
+    writer.write(records.encode(id=f"clip{i}", labels=ls, audio=_clip(rng, samples)))
   writer.close()
   offsets = np.cumsum([0] + [len(x) for x in labels]).astype(np.int64)
   np.savez(root / "train.labels.npz", ids=np.asarray([f"clip{i}" for i in range(n)]),
@@ -49,6 +72,32 @@ def write_records(root: Path, n: int, samples: int, sr: int) -> None:
       "source": {"reader": "bench"}}))
 
 
+def _soundfile_rate(paths, batch, samples, num_batches, mesh, seed=0) -> float:
+  """clips/s of the plain loop: shuffled wav paths -> sf.read -> random crop -> np.stack -> mesh."""
+  import soundfile as sf
+  from audiotl_jax.train import mesh as mesh_lib
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(paths))
+
+  def batches():
+    pos = 0
+    while True:
+      rows = []
+      for _ in range(batch):
+        audio, _ = sf.read(paths[order[pos % len(order)]], dtype="int16")
+        pos += 1
+        start = int(rng.integers(0, max(len(audio) - samples, 0) + 1))
+        rows.append(audio[start:start + samples])
+      yield {"audio": np.stack(rows)}
+
+  it = batches()
+  jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
+  with timing.Stopwatch() as clock:
+    for _ in range(num_batches):
+      jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
+  return num_batches * batch / clock.seconds
+
+
 def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
   from audiotl_jax.data import pipeline
   from audiotl_jax.data.dataset import PreparedDataset
@@ -56,27 +105,33 @@ def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
   sr, clip_seconds = FRONTEND["sample_rate"], 10.0
   n, batch = (48, 16) if quick else (2048, 64)
   samples = int(clip_seconds * sr)
-  root = workdir / f"pipeline_{n}x{clip_seconds:g}s"
-  write_records(root, n, samples, sr)
-  prepared = PreparedDataset(root)
   mesh = mesh_lib.make_mesh()
   batch = timing.fit_batch(batch, mesh)
   cores = os.cpu_count()
+  num_batches = 4 if quick else max(4, 2 * n // batch)
+
+  def row(reader, workers, rate, **extra):
+    return {"bench": "pipeline", "reader": reader, "worker_count": workers, "batch": batch,
+            "clip_seconds": clip_seconds, "clips_per_s": rate,
+            "clips_per_s_per_core": rate / cores, "cores": cores,
+            "mb_per_s": rate * samples * 2 / 1e6, **extra}
+
   rows = []
-  for workers in ([0] if quick else sorted({0, 1, max(1, cores // 2), cores})):
-    it = pipeline.train_iterator(
-        prepared, "train", target="multihot", batch_size=batch, clip_samples=samples, seed=0,
-        process_index=0, process_count=1, worker_count=workers)
-    jax.block_until_ready(mesh_lib.to_global(next(it), mesh))  # start-up is not throughput
-    num_batches = 4 if quick else max(4, 2 * n // batch)
-    with timing.Stopwatch() as clock:
-      for _ in range(num_batches):
-        jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
-    if hasattr(it, "close"):
-      it.close()
-    rate = num_batches * batch / clock.seconds
-    rows.append({"bench": "pipeline", "worker_count": workers, "batch": batch,
-                 "clip_seconds": clip_seconds, "clips_per_s": rate,
-                 "clips_per_s_per_core": rate / cores, "cores": cores,
-                 "mb_per_s": rate * samples * 2 / 1e6})
+  wavs = write_wavs(workdir / f"wav_{n}x{clip_seconds:g}s", n, samples, sr)
+  rows.append(row("soundfile", 0, _soundfile_rate(wavs, batch, samples, num_batches, mesh)))
+  for records, options in (("zstd", "group_size:1"), ("uncompressed", "group_size:1,uncompressed")):
+    root = workdir / f"pipeline_{n}x{clip_seconds:g}s" / records
+    write_records(root, n, samples, sr, options)
+    prepared = PreparedDataset(root)
+    for workers in ([0] if quick else sorted({0, 1, max(1, cores // 2), cores})):
+      it = pipeline.train_iterator(
+          prepared, "train", target="multihot", batch_size=batch, clip_samples=samples, seed=0,
+          process_index=0, process_count=1, worker_count=workers)
+      jax.block_until_ready(mesh_lib.to_global(next(it), mesh))  # start-up is not throughput
+      with timing.Stopwatch() as clock:
+        for _ in range(num_batches):
+          jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
+      if hasattr(it, "close"):
+        it.close()
+      rows.append(row("grain", workers, num_batches * batch / clock.seconds, records=records))
   return rows

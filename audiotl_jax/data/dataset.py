@@ -1,12 +1,17 @@
 """A folder written by `audiotl prepare`, opened through its manifest (the read side of
 `shard_writer`): splits, labels of every record without reading audio, the JSONL logs, and
 random access to the records for Grain.
-"""
-import json
-from pathlib import Path
 
+The folder may be on object storage (`gs://...`): every file is read through `fileio.path`
+(epath), and Grain's ArrayRecord source is given the shards' path strings.
+"""
+import io
+import json
+
+from etils.epath import Path
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax.errors import UserError
 
 # /2: the skipped files, problems and notes moved from the manifest into JSONL files.
@@ -26,7 +31,7 @@ def shard_damage(path: Path, num_records: int | None) -> str | None:
   # Imported here: opening a manifest (and the labels index) must not need array_record.
   from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
   try:
-    size = path.stat().st_size
+    size = fileio.size(path)
   except FileNotFoundError:
     return "missing"
   if size == 0:
@@ -69,7 +74,7 @@ class PreparedDataset:
   """A directory written by `prepare`, opened through its manifest."""
 
   def __init__(self, path):
-    self.path = Path(path)
+    self.path = fileio.path(path)
     manifest_path = self.path / "manifest.json"
     if not self.path.is_dir():
       raise UserError(f"prepared dataset {self.path}: no such directory (run prepare first)")
@@ -109,7 +114,8 @@ class PreparedDataset:
     self._split(split)
     if split not in self._labels:
       path = self.path / f"{split}.labels.npz"
-      with np.load(path) as z:
+      # Read whole, then parsed: np.load needs a seekable file, and one read is one request.
+      with np.load(io.BytesIO(path.read_bytes())) as z:
         labels = {k: z[k] for k in ("ids", "offsets", "values")}
       values = labels["values"]
       bad = values[(values < 0) | (values >= self.num_classes)][:1]
@@ -136,7 +142,7 @@ class PreparedDataset:
     """The records of one of the JSONL logs (`LOGS`: skipped, problems, notes), one at a time."""
     if name not in LOGS:
       raise UserError(f"prepared dataset {self.path}: no log {name!r}; logs: {', '.join(LOGS)}")
-    with open(self.path / self.manifest["logs"][name], encoding="utf-8") as f:
+    with (self.path / self.manifest["logs"][name]).open("r") as f:  # epath: always UTF-8
       for line in f:
         yield json.loads(line)
 

@@ -22,8 +22,10 @@ record whose labels all map to -1 gives an all-zero row (callers select `indices
 with target "class" the first mapped label is the class, and a selected record without one is an
 error, raised up front.
 """
+import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -56,7 +58,20 @@ class _Labeler:
 
 def _fit(audio: np.ndarray, clip_samples: int, start: int) -> np.ndarray:
   audio = audio[start:start + clip_samples]
+  if len(audio) == clip_samples:
+    return audio  # a view of the record: `_stack` makes the one copy, into the batch
   return np.pad(audio, (0, clip_samples - len(audio)))
+
+
+def _stack(rows: Sequence[dict]) -> dict:
+  """Rows -> a batch, each field written once into an array allocated for the whole batch."""
+  out = {}
+  for key, first in rows[0].items():
+    first = np.asarray(first)
+    out[key] = batch = np.empty((len(rows),) + first.shape, first.dtype)
+    for i, row in enumerate(rows):
+      batch[i] = row[key]
+  return out
 
 
 class _TrainRecord(grain.transforms.RandomMap):
@@ -187,9 +202,12 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
                     seed=(seed + 1) % 2**32)
         [process_index::process_count]
         .repeat())
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(16, local_batch),
+  # Past about two threads a core, more read threads only contend for the GIL (2 cores: 16
+  # threads read 3,300 clips/s, 4 threads 6,200; BENCHMARKS.md).
+  threads = min(16, local_batch, 2 * (os.cpu_count() or 1))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=local_batch * max(prefetch, 1)))
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_stack)
   if worker_count > 0:
     _allow_unparsed_absl_flags()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
@@ -285,5 +303,5 @@ def eval_batches(dataset: PreparedDataset, split: str, *, indices=None, class_ma
         .map(_EvalRecord(dataset.source(split), labeler, clip_samples))
         .to_iter_dataset(grain.ReadOptions(num_threads=min(16, local_batch),
                                            prefetch_buffer_size=2 * local_batch))
-        .batch(local_batch, drop_remainder=True))
+        .batch(local_batch, drop_remainder=True, batch_fn=_stack))
   return iter(ds)

@@ -26,7 +26,6 @@ stage resumes from its workdir. Launchers: `local` runs them one after another; 
 every worker of a slice; `print` prints the commands.
 """
 import fnmatch
-import glob
 import itertools
 import json
 import re
@@ -35,7 +34,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from audiotl_jax import config as config_lib
+from audiotl_jax import config as config_lib, fileio
 from audiotl_jax.launch import launchers
 from audiotl_jax.errors import UserError, unknown_name
 
@@ -64,8 +63,8 @@ class Run:
 def finished(pattern: str) -> tuple[str, ...]:
   """Workdirs matching a glob that hold a finished run: an axis chaining one sweep to the next,
   e.g. `("init", sweep.finished("runs/scaling/*"))` fine-tunes every finished pre-training."""
-  return tuple(p for p in sorted(glob.glob(pattern))
-               if Path(p).is_dir() and _is_done("pretrain", Path(p)))
+  return tuple(p for p in fileio.glob(pattern)
+               if fileio.path(p).is_dir() and _is_done("pretrain", fileio.path(p)))
 
 
 def _is_done(stage: str, workdir: Path) -> bool:
@@ -232,7 +231,7 @@ def plan(runs: list[Run], stage: str, only: str = "") -> None:
   if not chosen:
     raise UserError(f"--only {only!r} matches no run; runs are named like {runs[0].name!r}")
   for run in runs:
-    path = Path(run.workdir)
+    path = fileio.path(run.workdir)
     if path.is_dir() and _is_done(stage, path):
       run.status = "done"
     elif run not in chosen:
@@ -247,11 +246,9 @@ def write_records(runs: list[Run], workdir: Path, spec: str) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   record = {"config": spec, "cwd": str(Path.cwd()),
             "runs": [dict(asdict(r), command=r.command) for r in runs]}
-  tmp = workdir / "sweep.json.tmp"
-  tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-  tmp.replace(workdir / "sweep.json")
+  fileio.write_text(workdir / "sweep.json", json.dumps(record, indent=2, default=str) + "\n")
   todo = [r.command for r in runs if r.status in ("new", "resume")]
-  (workdir / "runs.txt").write_text("".join(c + "\n" for c in todo))
+  fileio.write_text(workdir / "runs.txt", "".join(c + "\n" for c in todo))
 
 
 # ------------------------------------------------------------------ the command
@@ -263,7 +260,12 @@ def run(spec: str, workdir: Path, *, overrides=(), launcher: str = "local", dry_
   if launcher not in LAUNCHERS:
     raise unknown_name("launcher", launcher, LAUNCHERS)
   sweep = load(spec, overrides)
-  workdir = Path(workdir)
+  workdir = fileio.path(workdir)
+  if launcher != "print" and not dry_run:
+    # The launchers write logs and scripts that a shell runs: the sweep's folder must be local
+    # (planning and its records work on object storage: --launcher print or --dry_run).
+    workdir = fileio.local_only(workdir, f"--launcher {launcher} writes logs and scripts "
+                                "there: give the sweep a local --workdir")
   runs = expand(sweep, workdir)
   plan(runs, sweep.stage, only)
   write_records(runs, workdir, spec)

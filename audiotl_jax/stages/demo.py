@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 
-from audiotl_jax import config as config_lib
+from audiotl_jax import config as config_lib, fileio
 from audiotl_jax.analysis import report
 from audiotl_jax.data import readers, shard_writer, synthetic
 from audiotl_jax.data.dataset import PreparedDataset
@@ -33,7 +33,8 @@ def _prepared(raw: Path, out: Path, reader: str, *, sample_rate: int, clip_secon
 
 
 def run(config, workdir: Path) -> Path:
-  workdir = Path(workdir)
+  workdir = fileio.local_only(workdir, "`audiotl demo` writes audio files and prepares them "
+                              "locally: give it a local --workdir")
   if jax.process_index() == 0:
     config_lib.write(config, workdir)
   t0 = time.time()

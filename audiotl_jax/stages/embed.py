@@ -293,10 +293,18 @@ def _write_hear(out_dir: Path, split: str, names, ids, classes) -> None:
     fileio.write_json(out_dir / "hear" / name / f"{split}.target-labels.json", targets)
 
 
+def local_out(workdir) -> Path:
+  # The arrays are memory-mapped .npy files, filled in place batch by batch (resumable).
+  return fileio.local_only(workdir, "`audiotl embed` and `audiotl score` write memory-mapped "
+                           "arrays: give a local --workdir (the checkpoint and data.dir may be "
+                           "gs://)")
+
+
 def run(config, workdir) -> dict:
   """`audiotl embed`: the config's checkpoint, dataset, splits and layers -> arrays in workdir."""
-  return embed(checkpoint=Path(config.checkpoint), dataset_dir=Path(config.data.dir),
+  return embed(checkpoint=fileio.path(config.checkpoint),
+               dataset_dir=fileio.path(config.data.dir),
                splits=list(config.data.splits), layers=list(config.layers),
-               pooling=config.pooling, out_dir=Path(workdir), batch_size=config.batch_size,
+               pooling=config.pooling, out_dir=local_out(workdir), batch_size=config.batch_size,
                clip_seconds=config.data.clip_seconds or None, num_devices=config.num_devices,
                layout=config.layout, flush_every=config.flush_every, progress=config.progress)

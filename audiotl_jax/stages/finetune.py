@@ -7,13 +7,12 @@ test split is scored once, at the end, with the best checkpoint, into `workdir/r
 How it is trained is `train/loop.py`, shared with pre-training.
 """
 import dataclasses
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 
-from audiotl_jax import models
+from audiotl_jax import fileio, models
 from audiotl_jax.data import selection
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError
@@ -30,7 +29,7 @@ def _check_before_writing(config) -> None:
   config.json of the run says what was really trained.
   """
   if config.init:
-    init = Path(config.init)
+    init = fileio.path(config.init)
     if init.is_file():
       raise UserError(f"config key 'init': {init} is a file; give a pre-training workdir, its "
                       f"checkpoints/ folder or one step folder")
@@ -61,7 +60,7 @@ def _say_cropped(dataset, config, sel) -> None:
 
 
 def run(config, workdir) -> dict:
-  workdir = Path(workdir)
+  workdir = fileio.path(workdir)
   is_main = jax.process_index() == 0
   _check_before_writing(config)
   done = loop.begin(config, workdir, "finetune")
@@ -73,7 +72,7 @@ def run(config, workdir) -> dict:
   fc = config.frontend
   model_name = config.model.name
   if config.init:
-    pretrained, source_meta, step_dir = checkpoints.load_model(Path(config.init))
+    pretrained, source_meta, step_dir = checkpoints.load_model(fileio.path(config.init))
     model_name = source_meta["model"]
     if config.frontend_from_checkpoint:
       fc = ml_collections.ConfigDict(source_meta["frontend"])

@@ -29,7 +29,7 @@ import jax
 from jax.experimental import multihost_utils
 
 import audiotl_jax
-from audiotl_jax import config as config_lib
+from audiotl_jax import config as config_lib, fileio
 from audiotl_jax import models
 from audiotl_jax.features import fbank
 from audiotl_jax.features import vggish as vggish_features
@@ -126,7 +126,7 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
                    mel_bins: int = 128, pca=None) -> dict:
   """Converts `weights` (and VGGish's `pca` parameters, if given) for `model_name` at an input of
   `frames` x `mel_bins`; returns results."""
-  weights, workdir = Path(weights), Path(workdir)
+  weights, workdir = Path(weights), fileio.path(workdir)
   done = checkpointing.finished_run(workdir, "import")
   if done is not None:
     return done
@@ -154,7 +154,10 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
   # No results.json but a checkpoint: an earlier import was killed after writing it. The
   # checkpoint is a pure function of the file, so it is written again rather than trusted.
   if jax.process_index() == 0:  # another process's delete could hit the folder mid-save
-    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    if fileio.is_local(workdir):
+      shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    else:
+      (workdir / "checkpoints").rmtree(missing_ok=True)
   _barrier("audiotl import: cleared")
   ckpt = checkpointing.Checkpointer(workdir)
   ckpt.save_model(0, got["variables"], metadata)
@@ -176,5 +179,5 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
 
 def run(config, workdir) -> dict:
   """`audiotl import --weights F --model M --workdir W [--frames N --mel-bins B --pca P]`."""
-  return import_weights(config.weights, config.model, Path(workdir), frames=config.frames,
+  return import_weights(config.weights, config.model, workdir, frames=config.frames,
                         mel_bins=config.mel_bins, pca=config.get("pca") or None)

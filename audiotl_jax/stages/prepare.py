@@ -10,13 +10,16 @@ from pathlib import Path
 
 import jax
 
-from audiotl_jax import config as config_lib
+from audiotl_jax import config as config_lib, fileio
 from audiotl_jax.data import readers, shard_writer
 from audiotl_jax.errors import UserError
 
 
 def run(config, workdir) -> dict:
-  workdir = Path(workdir)
+  # ArrayRecordWriter, the SQLite index of the files and the spilled logs write local files.
+  workdir = fileio.local_only(workdir, "`audiotl prepare` writes a local folder: prepare into "
+                              "one, copy it there (gsutil -m cp -r), and train with "
+                              "--config.data.dir=gs://...")
   if not config.root:
     raise UserError("set config key 'root': the dataset's folder (or CSV file for reader csv)")
   root = Path(config.root)

@@ -7,12 +7,11 @@ every `eval_every` steps and at the last one; `checkpoint_every` adds checkpoint
 How it is trained is `train/loop.py`, shared with fine-tuning.
 """
 import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from audiotl_jax import models
+from audiotl_jax import fileio, models
 from audiotl_jax.data import pipeline, selection
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError
@@ -29,7 +28,7 @@ def _check_cadence(config) -> None:
 
 
 def run(config, workdir) -> dict:
-  workdir = Path(workdir)
+  workdir = fileio.path(workdir)
   _check_cadence(config)
   done = loop.begin(config, workdir, "pretrain")
   if done is not None:

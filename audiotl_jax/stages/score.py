@@ -48,14 +48,14 @@ def score(*, checkpoints: dict[str, Path], dataset_dir: Path, split: str, layer=
   for name in scores:
     if name not in higher:
       raise unknown_name("score", name, higher)
-  out_dir = Path(out_dir)
-  _check_dataset(Path(dataset_dir), [split] + ([val_split] if "logme_heldout" in scores else []))
+  out_dir, dataset_dir = Path(out_dir), fileio.path(dataset_dir)
+  _check_dataset(dataset_dir, [split] + ([val_split] if "logme_heldout" in scores else []))
   rows = []
   for name, ckpt in checkpoints.items():
     emb_dir = out_dir / "embeddings" / name
     splits = [split] + ([val_split] if "logme_heldout" in scores else [])
     written = embedding.embed(
-        checkpoint=Path(ckpt), dataset_dir=Path(dataset_dir), splits=splits,
+        checkpoint=fileio.path(ckpt), dataset_dir=dataset_dir, splits=splits,
         layers=list(dict.fromkeys(layers + ["logits"])), pooling=pooling, out_dir=emb_dir,
         batch_size=batch_size, clip_seconds=clip_seconds, progress=progress)
     labels = np.load(emb_dir / split / "labels.npy")
@@ -135,11 +135,12 @@ def _scores(names, feats, labels, head, emb_dir, val_split, layer, stream, chunk
 
 def run(config, workdir) -> list[dict]:
   """`audiotl score`: the config's checkpoints (comma-separated) x layers -> scores in workdir."""
-  paths = [Path(p) for p in str(config.checkpoints).split(",") if p]
-  return score(checkpoints={p.resolve().name: p for p in paths},
-               dataset_dir=Path(config.data.dir), split=config.data.split,
+  paths = [fileio.path(p) for p in str(config.checkpoints).split(",") if p]
+  return score(checkpoints={fileio.resolved(p).name: p for p in paths},
+               dataset_dir=fileio.path(config.data.dir), split=config.data.split,
                layers=[x for x in str(config.layers).split(",") if x],
-               scores=list(config.scores), out_dir=Path(workdir), batch_size=config.batch_size,
+               scores=list(config.scores), out_dir=embedding.local_out(workdir),
+               batch_size=config.batch_size,
                pooling=config.pooling, val_split=config.data.val_split,
                clip_seconds=config.data.clip_seconds or None, stream=config.stream,
                chunk_size=config.chunk_size, progress=config.progress)

@@ -5,12 +5,11 @@ may use that dataset's own, measured here as AST's get_norm_stats.py measures th
 (https://github.com/YuanGongND/ast/blob/master/src/get_norm_stats.py) and passed as
 `--config.frontend.fbank_mean` / `fbank_std`.
 """
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax.data import pipeline
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError
@@ -56,7 +55,7 @@ def dataset_stats(dataset_dir, *, split: str = "train", target_frames: int = 0,
 def run(config, workdir=None) -> dict:
   """The command: `dataset_stats` of the flags' dataset, printed as the overrides to pass."""
   del workdir  # nothing is written
-  stats = dataset_stats(Path(config.data), split=config.split,
+  stats = dataset_stats(fileio.path(config.data), split=config.split,
                         target_frames=config.target_frames, num_mel_bins=config.mel_bins,
                         max_batches=config.max_batches)
   print(f"fbank mean {stats['mean']:.7f} std {stats['std']:.7f} ({config.split}); use "

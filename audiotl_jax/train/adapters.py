@@ -5,13 +5,16 @@ as just the trainable leaves (`adapter.npz`) plus `adapter.json` naming the back
 a fingerprint of its parameters, and is loaded back onto that backbone only.
 """
 import hashlib
+import io
 import json
-from pathlib import Path
+
+from etils.epath import Path
 
 import flax
 import jax
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax.errors import UserError
 
 ADAPTER_ARRAYS, ADAPTER_META = "adapter.npz", "adapter.json"
@@ -35,7 +38,7 @@ def save(directory: Path, variables: dict, masks: dict, metadata: dict,
   `backbone` is {"path": checkpoint path, "fingerprint": fingerprint(its params)}; it goes into
   the metadata so `load` can refuse any other backbone.
   """
-  directory = Path(directory)
+  directory = fileio.path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   arrays = {}
   for collection, tree in variables.items():
@@ -43,9 +46,9 @@ def save(directory: Path, variables: dict, masks: dict, metadata: dict,
     keep = flax.traverse_util.flatten_dict(flax.core.unfreeze(masks[collection]), sep="/")
     arrays.update({f"{collection}/{k}": np.asarray(jax.device_get(v))
                    for k, v in flat.items() if keep[k]})
-  tmp = directory / (ADAPTER_ARRAYS + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  tmp.replace(directory / ADAPTER_ARRAYS)
+  buf = io.BytesIO()  # then one write: a rename on disk, a single object on object storage
+  np.savez(buf, **arrays)
+  fileio.write_bytes(directory / ADAPTER_ARRAYS, buf.getvalue())
   meta = dict(metadata, backbone=backbone, num_adapter_values=int(sum(a.size for a in
                                                                       arrays.values())))
   (directory / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -60,7 +63,7 @@ def load(directory: Path, variables: dict, *, backbone_params) -> tuple[dict, di
   has a place. `backbone_params` are the backbone checkpoint's own parameters: a backbone whose
   fingerprint differs from the recorded one is refused.
   """
-  directory = Path(directory)
+  directory = fileio.path(directory)
   if not (directory / ADAPTER_META).exists():
     raise UserError(f"{directory} holds no adapter checkpoint ({ADAPTER_META} is missing)")
   meta = json.loads((directory / ADAPTER_META).read_text())
@@ -71,7 +74,7 @@ def load(directory: Path, variables: dict, *, backbone_params) -> tuple[dict, di
         f"the adapter in {directory} was trained on the backbone {meta['backbone']['path']} "
         f"(fingerprint {want[:12]}); the backbone given has fingerprint {got[:12]}: load it onto "
         f"the checkpoint it was trained with")
-  arrays = np.load(directory / ADAPTER_ARRAYS)
+  arrays = np.load(io.BytesIO((directory / ADAPTER_ARRAYS).read_bytes()))
   out = {}
   for collection in ("params", "batch_stats"):
     flat = flax.traverse_util.flatten_dict(

@@ -10,14 +10,14 @@ keeps the latest `keep` steps plus the best by the validation metric. A step who
 damaged (an item folder gone, an array file cut short) is passed over for the newest intact one,
 with a one-line warning: resuming moves it to `workdir/damaged_checkpoints/`.
 """
+import errno
 import json
 import math
 import shutil
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-from etils import epath
+from etils.epath import Path
 import grain
 import jax
 import numpy as np
@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from audiotl_jax import fileio
 from audiotl_jax.errors import UserError
 from audiotl_jax.train import integrity
 
@@ -36,7 +37,7 @@ class Checkpointer:
 
   def __init__(self, workdir: Path, *, keep: int = 2, best_metric: str | None = None,
                best_mode: str = "max"):
-    self.directory = Path(workdir).resolve() / "checkpoints"
+    self.directory = fileio.resolved(workdir) / "checkpoints"
     preserve = [policies.LatestN(n=keep)]
     best_fn = None
     if best_metric:
@@ -86,7 +87,27 @@ class Checkpointer:
     }
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self._check_space(step, state)
     self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+
+  def _check_space(self, step: int, state) -> None:
+    """Refuses a save that cannot fit, before Orbax's threads start writing it.
+
+    A save that runs out of space mid-way fails in Orbax's and TensorStore's background
+    threads, which log hundreds of traceback lines before the error reaches the loop; checked
+    here, a full disk is the one line `cli.run` prints for ENOSPC. Local disks only (object
+    storage has no such limit to check), with room for metadata and what the step adds.
+    """
+    directory = fileio.path(self.directory)
+    if not fileio.is_local(directory):
+      return
+    need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(
+        (state.params, state.batch_stats, state.opt_state))) + (64 << 10)
+    free = shutil.disk_usage(str(directory)).free
+    if free < need:
+      raise OSError(errno.ENOSPC, f"No space left on device: checkpoint step {step} needs about "
+                    f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
+                    str(directory / f"{step}"))
 
   def save_model(self, step: int, variables: dict, metadata: dict):
     """Only the `model` and `metadata` items: a checkpoint to start from, not to resume (the
@@ -163,7 +184,10 @@ class Checkpointer:
         dest = aside / f"{step}.{k}"
       if jax.process_index() == 0:
         aside.mkdir(exist_ok=True)
-        shutil.move(str(self.directory / str(step)), str(dest))
+        if fileio.is_local(dest):
+          shutil.move(str(self.directory / str(step)), str(dest))
+        else:
+          (self.directory / str(step)).rename(dest)
         then = f"resuming from step {found}" if found is not None else "starting afresh"
         print(f"audiotl: warning: checkpoint step {step} in {self.directory} is damaged "
               f"({problem}); moved it to {dest}, {then}", file=sys.stderr)
@@ -215,7 +239,7 @@ def _is_step_dir(path: Path) -> bool:
 def _candidates(path: Path) -> tuple[bool, list[Path]]:
   """A step folder: (True, [it]); a workdir or its checkpoints/ folder: (False, its step folders,
   the best first (`best.json`), then the newest to the oldest)."""
-  path = Path(path).resolve()
+  path = fileio.resolved(path)
   if _is_step_dir(path):
     return True, [path]
   ckpt = path / "checkpoints" if (path / "checkpoints").exists() else path
@@ -236,7 +260,7 @@ def _candidates(path: Path) -> tuple[bool, list[Path]]:
 
 def finished_steps(ckpt: Path) -> list[int]:
   """Steps whose folder Orbax finished (temporary folders carry a suffix and are skipped)."""
-  return sorted(int(p.name) for p in Path(ckpt).iterdir()
+  return sorted(int(p.name) for p in fileio.path(ckpt).iterdir()
                 if p.is_dir() and p.name.isdigit() and (p / "model").exists())
 
 
@@ -285,7 +309,7 @@ def load_model(path: Path) -> tuple[dict, dict, Path]:
         metadata = ocp.JsonCheckpointHandler().restore(step_dir / "metadata")
         with ocp.StandardCheckpointer() as ckptr:
           model = ckptr.restore(step_dir / "model", _host_targets(
-              ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "model"))))
+              ocp.StandardCheckpointHandler().metadata(step_dir / "model")))
       except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
         problem = integrity.first_line(e)
     if problem is not None:
@@ -315,22 +339,21 @@ def mark_best(workdir: Path, step: int, metrics: dict[str, Any]) -> None:
   """
   if jax.process_index() != 0:
     return
-  path = Path(workdir).resolve() / "checkpoints" / "best.json"
+  path = fileio.resolved(workdir) / "checkpoints" / "best.json"
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps({"step": int(step), "metrics": metrics}, indent=2))
-  tmp.replace(path)
+  fileio.write_text(path, json.dumps({"step": int(step), "metrics": metrics}, indent=2))
 
 
 def finished(workdir: Path) -> dict | None:
   """The results of a finished run in `workdir`, or None: a finished stage is not run again."""
-  path = workdir / "results.json"
+  path = fileio.path(workdir) / "results.json"
   return json.loads(path.read_text()) if path.exists() else None
 
 
 def finished_run(workdir: Path, stage: str) -> dict | None:
   """`finished(workdir)`, saying so once: a stage started again on a finished workdir returns
   the results it has instead of training again."""
+  workdir = fileio.path(workdir)
   results = finished(workdir)
   if results is not None and jax.process_index() == 0:
     print(f"{stage}: {workdir} already holds a finished run; results in "

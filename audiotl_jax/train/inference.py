@@ -17,14 +17,14 @@ choice checked against the layer's rank:
                                       time only, keeping freq x channels)
 """
 import json
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from etils.epath import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from audiotl_jax import models
+from audiotl_jax import fileio, models
 from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.features import featurizer
 from audiotl_jax.models import transfer
@@ -113,11 +113,11 @@ def load_adapted(adapter_dir, backbone=None):
   `backbone` (a checkpoint path) defaults to the one recorded in the adapter's metadata; any
   other backbone is refused by its fingerprint.
   """
-  meta_path = Path(adapter_dir) / adapters.ADAPTER_META
+  meta_path = fileio.path(adapter_dir) / adapters.ADAPTER_META
   if not meta_path.exists():
     raise UserError(f"{adapter_dir} holds no adapter checkpoint ({meta_path.name} is missing)")
   meta = json.loads(meta_path.read_text())
-  source, _, _ = checkpoints.load_model(Path(backbone or meta["backbone"]["path"]))
+  source, _, _ = checkpoints.load_model(fileio.path(backbone or meta["backbone"]["path"]))
   model = model_from_metadata(meta)
   fc = ml_collections.ConfigDict(meta["frontend"])
   fresh = jax.jit(lambda: model.init(jax.random.PRNGKey(0),

@@ -6,21 +6,22 @@ over (`checkpoints`) before anything reads it.
 """
 import json
 import sys
-from pathlib import Path
-
 import jax
+
+from audiotl_jax import fileio
 
 # Files without which an item cannot be read; any item's files must also be non-empty.
 _REQUIRED = {"model": ("_METADATA",), "train": ("_METADATA",), "metadata": ("metadata",)}
 
 
-def drop_broken_metrics(directory: Path) -> None:
+def drop_broken_metrics(directory) -> None:
   """Deletes the unreadable metrics files of `directory`'s steps, naming each step once.
 
   Orbax reads every step's metrics when a manager starts, and one unreadable file stops it; the
   step's items may well be intact, and without its metric it is only never ranked as best.
   Every process does this itself (a file gone already is fine), so no process waits for another.
   """
+  directory = fileio.path(directory)
   for path in directory.glob("*/metrics/metrics") if directory.is_dir() else []:
     if not path.parent.parent.name.isdigit():
       continue
@@ -38,22 +39,24 @@ def drop_broken_metrics(directory: Path) -> None:
             f"never ranks as best", file=sys.stderr)
 
 
-def damage(step_dir: Path, items) -> str | None:
+def damage(step_dir, items) -> str | None:
   """What is wrong with the files of `items` in a step folder (one line), or None."""
+  step_dir = fileio.path(step_dir)
   if not step_dir.is_dir():
     return "the folder is gone"
   for item in items:
     folder = step_dir / item
     if not folder.is_dir():
       return f"{item}/ is missing"
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    # walk, not rglob: epath refuses `**` (one listing per folder is what object storage costs).
+    files = [root / name for root, _, names in folder.walk() for name in names]
     for name in _REQUIRED.get(item, ()):
       if not (folder / name).is_file():
         return f"{item}/{name} is missing"
     if not files:
       return f"{item}/ holds no files"
     for p in files:
-      if p.stat().st_size == 0:
+      if fileio.size(p) == 0:
         return f"{p.relative_to(step_dir)} is empty"
   return None
 

@@ -6,26 +6,37 @@ on `kill -9`, so a lock left by a dead run is taken over without asking anyone. 
 holds it (host, pid, since when) for the refusal message. Where flock is not available (some
 network filesystems), the file alone decides: a holder on this host whose pid is gone is stale.
 Only process 0 of a multi-host job takes it; the job's other processes share the workdir with it.
+
+On object storage (a `gs://` workdir) there is no flock and no exclusive create: the lock is the
+object alone, taken by checking that none names a live holder, writing ours with a random token
+and reading it back. Two runs starting in the same second may both pass, so there it is
+advisory: it catches a second run started by mistake, not a race. A holder on another host is
+taken to be alive (delete the object if that run is gone, as the refusal says).
 """
 import datetime
 import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
 from pathlib import Path
 
 import jax
 
+from audiotl_jax import fileio
 from audiotl_jax.errors import UserError
 
 NAME = ".lock"
-_held: dict[Path, int] = {}  # workdir -> the open file descriptor of its lock, in this process
+# workdir -> the open file descriptor of its lock, in this process (-1: a lock on object storage)
+_held: dict[Path | str, int] = {}
 
 
 def hold(workdir: Path) -> None:
   """Takes `workdir`'s lock for this process (again is a no-op), or raises a one-line UserError
   naming the run that holds it."""
+  if not fileio.is_local(workdir):
+    return _hold_object(fileio.path(workdir))
   workdir = Path(workdir).resolve()
   if jax.process_index() != 0 or workdir in _held:
     return
@@ -63,6 +74,10 @@ def hold(workdir: Path) -> None:
 
 def release(workdir: Path) -> None:
   """Gives the lock back (the file goes first, so nobody reads a holder that is gone)."""
+  if not fileio.is_local(workdir):
+    if _held.pop(str(workdir), None) is not None:
+      (fileio.path(workdir) / NAME).unlink(missing_ok=True)
+    return
   fd = _held.pop(Path(workdir).resolve(), None)
   if fd is None:
     return
@@ -71,6 +86,31 @@ def release(workdir: Path) -> None:
   except FileNotFoundError:
     pass
   os.close(fd)
+
+
+def _hold_object(workdir) -> None:
+  """The advisory lock of a workdir on object storage (see the module's docstring)."""
+  if jax.process_index() != 0 or str(workdir) in _held:
+    return
+  path = workdir / NAME
+  holder = _read_object(path)
+  if path.exists() and not _dead(holder):
+    raise _refusal(path, holder)
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+  path.write_text(json.dumps(me) + "\n")
+  holder = _read_object(path)
+  if holder.get("token") != me["token"]:  # another run wrote after us: it holds the lock
+    raise _refusal(path, holder)
+  _held[str(workdir)] = -1
+
+
+def _read_object(path) -> dict:
+  try:
+    holder = json.loads(path.read_text() or "{}")
+  except (FileNotFoundError, ValueError):
+    return {}
+  return holder if isinstance(holder, dict) else {}
 
 
 def _flock(fd: int) -> bool | None:

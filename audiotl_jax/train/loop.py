@@ -12,7 +12,6 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -28,7 +27,7 @@ from audiotl_jax.errors import UserError
 from audiotl_jax.features import featurizer
 from audiotl_jax.models import transfer
 from audiotl_jax.train import checkpoints, mesh as mesh_lib, metrics as metrics_lib
-from audiotl_jax.train import lock, preemption, state as state_lib, step as step_lib
+from audiotl_jax.train import lock, preemption, prefetch, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -54,7 +53,7 @@ class Task:
   desc: str = ""                # progress-bar label
 
 
-def begin(config, workdir: Path, stage: str) -> dict | None:
+def begin(config, workdir, stage: str) -> dict | None:
   """The results of an already finished run in `workdir`, else None after writing the config.
 
   A finished workdir keeps the config.json it finished with: a re-run with other settings must
@@ -63,6 +62,7 @@ def begin(config, workdir: Path, stage: str) -> dict | None:
   The workdir's lock comes first (a second run must not touch the workdir at all); `train`
   gives it back when it ends.
   """
+  workdir = fileio.path(workdir)
   lock.hold(workdir)
   try:
     done = checkpoints.finished_run(workdir, stage)
@@ -81,10 +81,11 @@ def begin(config, workdir: Path, stage: str) -> dict | None:
 # Keys that change how a run is watched or laid out, never what it computes: a resume may
 # change them freely. Everything else must match the run being resumed.
 RESUMABLE_CHANGES = ("progress", "log_every", "num_devices", "stop_at", "keep_checkpoints",
-                     "allow_changes", "data.worker_count", "data.dir")
+                     "allow_changes", "data.prefetch", "data.dir")
+# Not data.worker_count: Grain's saved iterator state has one entry per worker.
 
 
-def _check_resume_config(config, workdir: Path) -> None:
+def _check_resume_config(config, workdir) -> None:
   """Refuses to resume a run under a config that would change its results, unless allowed.
 
   With `allow_changes`, the old config.json is kept in `config_history/` before the new one
@@ -161,7 +162,7 @@ def clip_samples(config, dataset) -> int:
   return int(round(config.data.clip_seconds * dataset.sample_rate))
 
 
-def train(config, workdir: Path, task: Task) -> dict:
+def train(config, workdir, task: Task) -> dict:
   """Trains `task` as `config` says; returns (and writes) its results.
 
   Every way out (results, `stop_at`, preemption, an error, Ctrl-C) waits for the saves in
@@ -170,10 +171,20 @@ def train(config, workdir: Path, task: Task) -> dict:
   with contextlib.ExitStack() as exits:
     lock.hold(workdir)
     exits.callback(lock.release, workdir)
-    return _train(config, Path(workdir), task, exits)
+    return _train(config, fileio.path(workdir), task, exits)
 
 
-def _train(config, workdir: Path, task: Task, exits: contextlib.ExitStack) -> dict:
+def _close_quietly(writer) -> None:
+  """The metrics writer on a way out: left open, its flush at interpreter exit fails again (on a
+  full disk with a traceback after the one-line error); the error that ended the run is the
+  one to report, so a second one from closing is dropped."""
+  try:
+    writer.close()
+  except OSError:
+    pass
+
+
+def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
   is_main = jax.process_index() == 0
   t_start = time.time()
   dataset, sel, fc = task.dataset, task.selection, task.frontend
@@ -271,6 +282,7 @@ def _train(config, workdir: Path, task: Task, exits: contextlib.ExitStack) -> di
 
   # ---------------------------------------------------------------- loop
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  exits.callback(_close_quietly, writer)
   start = int(state.step)
   pending, last_good = [], latest
   t_log, clips_since = time.time(), 0
@@ -279,8 +291,14 @@ def _train(config, workdir: Path, task: Task, exits: contextlib.ExitStack) -> di
   stop_at = config.get("stop_at", 0)
   notice = preemption.Notice()  # from now on SIGTERM only sets a flag, looked at between steps
   exits.callback(notice.restore)
+  # Batch n+1 goes onto the devices while step n runs; saves record the batches consumed, not
+  # those queued (train/prefetch.py).
+  data_iter = prefetch.DevicePrefetch(data_iter, mesh, depth=config.data.get("prefetch", 2))
+  # Its thread must be gone before the interpreter shuts down: a daemon thread still inside
+  # JAX at exit aborts the process (seen as "FATAL: exception not rethrown").
+  exits.callback(data_iter.close)
   for step in range(start + 1, total_steps + 1):
-    state, m = step_fn(state, mesh_lib.to_global(next(data_iter), mesh))
+    state, m = step_fn(state, next(data_iter))
     pending.append((step, m))
     clips_since += config.batch_size
     progress.update(1)

@@ -6,12 +6,17 @@ reported as a count, not silently averaged in). Single-label: accuracy. Binary d
 """
 import json
 import math
+import os
+import pathlib
+import shutil
+import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
+
+from audiotl_jax import fileio
 
 
 def multilabel(scores: np.ndarray, targets: np.ndarray) -> dict:
@@ -62,34 +67,59 @@ class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` and TensorBoard event files.
 
   On resume the JSONL is kept and new lines are appended; a reader takes the last value per step.
+  On object storage, which cannot append, the JSONL is written whole at each log step (a few
+  hundred lines), and the TensorBoard events go to a local temporary folder copied into
+  `workdir/tensorboard/` at `close` (tensorboardX writes to gs:// only with its own GCS
+  support), so a run that dies leaves its JSONL but not its newest events there.
   """
 
-  def __init__(self, workdir: Path, *, enabled: bool = True):
+  def __init__(self, workdir, *, enabled: bool = True):
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
-    self._tb = None
+    workdir = fileio.path(workdir)
+    self.path = workdir / "metrics.jsonl"
+    self._tb, self._tb_local, self._lines = None, None, None
+    if enabled and not fileio.is_local(workdir):
+      self._lines = self.path.read_text() if self.path.exists() else ""
     if enabled:
       from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
-      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      tb_dir = workdir / "tensorboard"
+      if not fileio.is_local(workdir):
+        self._tb_local, self._tb_remote = tempfile.mkdtemp(prefix="audiotl-tb-"), tb_dir
+        tb_dir = self._tb_local
+      self._tb = SummaryWriter(str(tb_dir))
 
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), "time": time.time(),
            **{k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in values.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self._lines is None:
+      with self.path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    else:
+      self._lines += json.dumps(row) + "\n"
+      self.path.write_text(self._lines)
     for k, v in values.items():
       if np.ndim(v) == 0 and math.isfinite(float(v)):
         self._tb.add_scalar(k, float(v), int(step))
 
   def close(self):
+    """Flushes and closes; safe to call twice (the loop's exit path closes it too)."""
     if self._tb is not None:
-      self._tb.close()
+      tb, self._tb = self._tb, None
+      tb.close()
+    if self._tb_local is not None:
+      for root, _, names in os.walk(self._tb_local):
+        dest = self._tb_remote / os.path.relpath(root, self._tb_local)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+          (dest / name).write_bytes(pathlib.Path(root, name).read_bytes())
+      shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb_local = None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-  path = Path(path)
+def read_jsonl(path) -> list[dict]:
+  path = fileio.path(path)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -112,14 +112,18 @@ def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int,
     if stats_trainable is not None:
       new_stats = jax.tree.map(lambda t, n, o: n if t else o, stats_trainable, new_stats,
                                state.batch_stats)
-    # Updates too: a NaN learning rate or a blown-up Adam moment gives finite grads, NaN params.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((grads, updates))]))
+    # A NaN or Inf in any leaf makes its tree's global norm non-finite: two scalars to test
+    # instead of one reduction per leaf. Updates too: a NaN learning rate or a blown-up Adam
+    # moment gives finite grads, NaN params. (A finite tree whose squares overflow float32, norm
+    # above ~1e19, also counts as non-finite: that step has diverged anyway.)
+    grad_norm = optax.global_norm(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)))
     new = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state)
     # A non-finite step keeps the old parameters; the loop sees `finite` and stops cleanly.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     new = new.replace(step=state.step + 1)
-    return new, {"loss": loss, "finite": finite, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "finite": finite, "grad_norm": grad_norm}
 
   return step
 
