@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from audiotl_jax import fileio
+
 # The audiotl of the environment that writes the scripts (a venv of the checkout, or wherever
 # audiotl-jax is installed); AUDIOTL=... overrides it in the scripts.
 AUDIOTL_BIN = Path(sys.prefix) / "bin" / "audiotl"
@@ -90,7 +92,7 @@ def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) 
   logs.mkdir(parents=True, exist_ok=True)  # SLURM does not create the --output folder
   throttle = f"%{max_parallel}" if max_parallel else ""
   path = workdir / "sweep.sbatch"
-  path.write_text(f"""#!/usr/bin/env bash
+  fileio.write_text(path, f"""#!/usr/bin/env bash
 # audiotl sweep --config {spec}
 # {len(todo)} runs as a SLURM job array: task i runs line i+1 of runs.txt. The defaults give each
 # array task one 4-GPU node; for other nodes set both counts when submitting, e.g.
@@ -133,7 +135,7 @@ def write_tpu_vm(todo: list, workdir: Path, spec: str) -> Path:
   """
   path = workdir / "sweep_tpu.sh"
   lines = "\n".join(f"run {shlex.quote(r.name)} {shlex.join(r.args)}" for r in todo)
-  path.write_text(f"""#!/usr/bin/env bash
+  fileio.write_text(path, f"""#!/usr/bin/env bash
 # audiotl sweep --config {spec}
 # {len(todo)} runs, one after another, on every worker of a TPU VM slice:
 #   gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=all --command "bash {path.resolve()}"

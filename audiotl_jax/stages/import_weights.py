@@ -167,7 +167,7 @@ def import_weights(weights, model_name: str, workdir, *, frames: int = 1024,
              "num_classes": num_classes, "num_params": metadata["num_params"],
              "frames": frames, "mel_bins": mel_bins, "notes": notes}
   if jax.process_index() == 0:
-    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    fileio.write_text(workdir / "results.json", json.dumps(results, indent=2) + "\n")
     for note in notes:
       print(f"import: {note}")
     print(f"import: {model_name} ({metadata['num_params']:,} parameters, {description}) -> "

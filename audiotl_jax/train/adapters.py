@@ -51,7 +51,7 @@ def save(directory: Path, variables: dict, masks: dict, metadata: dict,
   fileio.write_bytes(directory / ADAPTER_ARRAYS, buf.getvalue())
   meta = dict(metadata, backbone=backbone, num_adapter_values=int(sum(a.size for a in
                                                                       arrays.values())))
-  (directory / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
+  fileio.write_text(directory / ADAPTER_META, json.dumps(meta, indent=2) + "\n")
   return directory
 
 

@@ -258,7 +258,7 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
     results = {"stage": "init", "model": metadata["model"], "subset": "none (random init)",
                "num_classes": sel.num_classes, "num_params": num_params, "best_step": 0}
     if is_main:
-      (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+      fileio.write_text(workdir / "results.json", json.dumps(results, indent=2) + "\n")
       print(f"{task.stage}: saved the randomly initialised {metadata['model']} to "
             f"{ckpt.directory}")
     return results
@@ -364,7 +364,7 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
     task.on_finish(state, metadata, results)
   if is_main:
     path = workdir / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    fileio.write_text(path, json.dumps(results, indent=2) + "\n")
     writer.write(total_steps, {f"test_{k}": v for k, v in test.items()})
     name = task.main_metric
     print(f"{task.stage}: done. val {name} {val[name]:.4f}, test {name} "
