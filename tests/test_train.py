@@ -82,7 +82,8 @@ def test_pretrain_resume_matches_uninterrupted(prepared, tmp_path):
             if p.is_file() and "commit" not in p.name}
 
   data_w, data_p = iterator_state(whole), iterator_state(parts)
-  assert data_w and '"next_index": 32' in "".join(data_w.values())
+  # The Grain state counts batches (issue 13: one element per batch): 4 steps.
+  assert data_w and '"next_index": 4' in "".join(data_w.values())
   assert data_w == data_p
   mw, _, _ = checkpointing.load_model(whole / "checkpoints" / "4")
   mp, _, _ = checkpointing.load_model(parts / "checkpoints" / "4")

@@ -52,6 +52,21 @@ class _Labeler:
     row[mapped] = 1.0
     return row
 
+  def batch(self, size: int) -> np.ndarray:
+    """Zero targets for `size` rows, for `put`."""
+    if self.target == "class":
+      return np.zeros(size, np.int32)
+    return np.zeros((size, self.num_classes), np.float32)
+
+  def put(self, out: np.ndarray, i: int, labels: np.ndarray) -> None:
+    """Row i of a `batch(...)` array = `self(labels)`, written in place."""
+    mapped = self.class_map[labels]
+    mapped = mapped[mapped >= 0]
+    if self.target == "class":
+      out[i] = mapped[0]
+    else:
+      out[i, mapped] = 1.0
+
   def empty(self) -> np.ndarray:
     return np.int32(0) if self.target == "class" else np.zeros(self.num_classes, np.float32)
 
@@ -74,35 +89,65 @@ def _stack(rows: Sequence[dict]) -> dict:
   return out
 
 
-class _TrainRecord(grain.transforms.RandomMap):
-  """Record index -> {"audio", "label"}, with a random crop (zero padding at the end if short)."""
+class _CropDraw(grain.transforms.RandomMap):
+  """Record index -> (index, u): u in [0, 1) places the clip's random crop. Drawn per element,
+  before the process slice, so a crop depends on (seed, position in the global stream) only;
+  reading is left to `_TrainBatch`, which sees a whole batch at once."""
+
+  def random_map(self, index, rng: np.random.Generator) -> tuple[int, float]:
+    return int(index), float(rng.random())
+
+
+class _TrainBatch(grain.transforms.Map):
+  """A batch of (index, u) -> {"audio", "label"}: each record cropped at u * (slack + 1) (zero
+  padding at the end if short) and written straight into the batch arrays.
+
+  Grain sees one element per batch: its per-element bookkeeping (a thread hand-off per clip) cost
+  as much as the read itself. Records are still read one at a time and copied at once: the
+  source's many-record read (`__getitems__`) was slower on 2 cores (5,400 against 8,000 clips/s):
+  it holds a batch of fresh 320 KB buffers, where one at a time reuses the same memory
+  (BENCHMARKS.md, issue 13)."""
 
   def __init__(self, source, labeler: _Labeler, clip_samples: int):
     self.source, self.labeler, self.clip_samples = source, labeler, clip_samples
 
-  def random_map(self, index, rng: np.random.Generator) -> dict:
-    rec = records.decode(self.source[int(index)])
-    slack = len(rec["audio"]) - self.clip_samples
-    start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-    return {"audio": _fit(rec["audio"], self.clip_samples, start),
-            "label": self.labeler(rec["labels"])}
+  def map(self, draws: Sequence[tuple[int, float]]) -> dict:
+    # Not np.zeros: a reused 20 MB block would be cleared once more; short tails are zeroed below.
+    audio = np.empty((len(draws), self.clip_samples), np.int16)
+    label = self.labeler.batch(len(draws))
+    for i, (index, u) in enumerate(draws):
+      rec = records.decode(self.source[index])
+      slack = len(rec["audio"]) - self.clip_samples
+      start = min(int(u * (slack + 1)), slack) if slack > 0 else 0
+      clip = rec["audio"][start:start + self.clip_samples]
+      audio[i, :len(clip)] = clip
+      audio[i, len(clip):] = 0
+      self.labeler.put(label, i, rec["labels"])
+    return {"audio": audio, "label": label}
 
 
-class _EvalRecord(grain.transforms.Map):
-  """Record index (-1: padding) -> {"audio", "label", "mask", "index"}, cropped from the start."""
+class _EvalBatch(grain.transforms.Map):
+  """A batch of record indices (-1: padding) -> {"audio", "label", "mask", "index"}, each clip
+  cropped from its start; one Grain element per batch, as `_TrainBatch`."""
 
   def __init__(self, source, labeler: _Labeler, clip_samples: int):
     self.source, self.labeler, self.clip_samples = source, labeler, clip_samples
 
-  def map(self, index) -> dict:
-    index = int(index)
-    if index < 0:
-      return {"audio": np.zeros(self.clip_samples, np.int16), "label": self.labeler.empty(),
-              "mask": np.float32(0), "index": np.int32(-1)}
-    rec = records.decode(self.source[index])
-    return {"audio": _fit(rec["audio"], self.clip_samples, 0),
-            "label": self.labeler(rec["labels"]), "mask": np.float32(1),
-            "index": np.int32(index)}
+  def map(self, indices: Sequence[int]) -> dict:
+    indices = np.asarray(indices, np.int64)
+    rows = []
+    for index in indices.tolist():
+      if index < 0:
+        rows.append({"audio": np.zeros(self.clip_samples, np.int16),
+                     "label": self.labeler.empty()})
+        continue
+      rec = records.decode(self.source[index])
+      rows.append({"audio": _fit(rec["audio"], self.clip_samples, 0),
+                   "label": self.labeler(rec["labels"])})
+    out = _stack(rows)
+    out["mask"] = (indices >= 0).astype(np.float32)
+    out["index"] = np.where(indices >= 0, indices, -1).astype(np.int32)
+    return out
 
 
 def _allow_unparsed_absl_flags() -> None:
@@ -180,9 +225,11 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
   Batches are {"audio": int16 (B, clip_samples), "label": float32 (B, num_classes) multi-hot or
   int32 (B,)}, B = batch_size // process_count. `num_classes` defaults to the dataset's (required
   with a `class_map`). `worker_count` > 0 decodes in that many worker processes, each keeping
-  `prefetch` batches ready; with 0, a thread keeps `prefetch` batches ready. `weights` (one per
-  selected record, e.g. `sampling.balanced_weights`) draws records with replacement in proportion
-  to them instead of shuffling; the draws are seeded by stream position like the shuffle.
+  `prefetch` batches ready; with 0, a thread per core (at most 4) makes whole batches, keeping
+  max(`prefetch`, threads) ready. `weights` (one per selected record, e.g.
+  `sampling.balanced_weights`) draws records with replacement in proportion to them instead of
+  shuffling; the draws are seeded by stream position like the shuffle. The iterator's state
+  counts batches.
   """
   process_index, process_count = _processes(process_index, process_count)
   local_batch = _local_batch(batch_size, process_count)
@@ -198,22 +245,21 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
     ds = sampling.WeightedDraws(ds, weights, seed)
   ds = (ds
         # Before the process slice: a crop depends on the global position, not on the layout.
-        .random_map(_TrainRecord(dataset.source(split), labeler, clip_samples),
-                    seed=(seed + 1) % 2**32)
+        .random_map(_CropDraw(), seed=(seed + 1) % 2**32)
         [process_index::process_count]
-        .repeat())
-  # Past about two threads a core, more read threads only contend for the GIL (2 cores: 16
-  # threads read 3,300 clips/s, 4 threads 6,200; BENCHMARKS.md).
-  threads = min(16, local_batch, 2 * (os.cpu_count() or 1))
+        .repeat()
+        # Batched as indices, before any record is read: a batch is one element from here on.
+        .batch(local_batch, drop_remainder=True, batch_fn=list)
+        .map(_TrainBatch(dataset.source(split), labeler, clip_samples)))
+  # A thread per core makes whole batches; more only contend for the GIL (2 cores: 2 threads
+  # beat 1 and 4; BENCHMARKS.md, issue 13).
+  threads = min(4, max(1, os.cpu_count() or 1))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                            prefetch_buffer_size=local_batch * max(prefetch, 1)))
-  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_stack)
+                                            prefetch_buffer_size=max(prefetch, threads)))
   if worker_count > 0:
     _allow_unparsed_absl_flags()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                      per_worker_buffer_size=max(prefetch, 1)))
-  elif prefetch > 0:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
   return iter(ds)
 
 
@@ -238,19 +284,43 @@ def seek(iterator: grain.DatasetIterator, steps: int, *, batch_size: int,
     return
   except NotImplementedError:
     pass  # Grain 0.2 cannot move an interleave of several workers (mp_prefetch) by index.
-  # Worker w of W makes batches w, w + W, ... of this process's stream, each from the next
-  # `local_batch` records of its own slice: after `steps` batches it has read ceil((steps-w)/W).
-  local_batch = _local_batch(batch_size, _processes(0, process_count)[1])
+  # Worker w of W makes batches w, w + W, ... of this process's stream (a batch is one element
+  # of the dataset the workers slice): after `steps` batches it has made ceil((steps - w) / W).
+  _local_batch(batch_size, _processes(0, process_count)[1])
   state = iterator.get_state()
   try:
     workers = state["iterators_in_use_states"]
     state = {**state, "next_index_in_cycle": steps % len(workers), "iterators_in_use_states": [
-        {**w_state, "next_index": -(-(steps - w) // len(workers)) * local_batch}
+        {**w_state, "next_index": -(-(steps - w) // len(workers))}
         for w, w_state in enumerate(workers)]}
   except (KeyError, TypeError) as e:
     raise UserError(f"this Grain version keeps the position of several data workers in a form "
                     f"seek() does not know ({e!r})") from e
   iterator.set_state(state)
+
+
+def upgrade_position(iterator: grain.DatasetIterator, steps: int, *, batch_size: int,
+                     process_count: int | None = None) -> bool:
+  """Moves a `train_iterator` just restored from a checkpoint written before issue 13 to where
+  that run was; True if it did. Those iterators counted records (batching came after Grain's
+  index), these count batches, and both states look alike: {"next_index": n}, or that per
+  worker. A state that counts `steps` batches' worth of records is such a state."""
+  local_batch = _local_batch(batch_size, _processes(0, process_count)[1])
+  state, steps = iterator.get_state(), int(steps)
+  if local_batch == 1 or steps <= 0 or not isinstance(state, dict):
+    return False
+  if state.keys() == {"next_index"}:
+    old = state["next_index"] == steps * local_batch
+  else:
+    workers = state.get("iterators_in_use_states")
+    if not isinstance(workers, list) or not workers:
+      return False
+    made = [-(-(steps - w) // len(workers)) for w in range(len(workers))]
+    old = (any(made) and [w.get("next_index") for w in workers if isinstance(w, dict)]
+           == [m * local_batch for m in made])
+  if old:
+    seek(iterator, steps, batch_size=batch_size, process_count=process_count)
+  return bool(old)
 
 
 def cap_indices(indices, max_clips: int, seed: int) -> np.ndarray:
@@ -300,8 +370,8 @@ def eval_batches(dataset: PreparedDataset, split: str, *, indices=None, class_ma
   padded, labeler, local_batch = _eval_indices(dataset, split, indices, class_map, num_classes,
                                                target, batch_size, process_index, process_count)
   ds = (grain.MapDataset.source(padded)
-        .map(_EvalRecord(dataset.source(split), labeler, clip_samples))
-        .to_iter_dataset(grain.ReadOptions(num_threads=min(16, local_batch),
-                                           prefetch_buffer_size=2 * local_batch))
-        .batch(local_batch, drop_remainder=True, batch_fn=_stack))
+        .batch(local_batch, drop_remainder=True, batch_fn=list)
+        .map(_EvalBatch(dataset.source(split), labeler, clip_samples))
+        .to_iter_dataset(grain.ReadOptions(num_threads=min(4, max(1, os.cpu_count() or 1)),
+                                           prefetch_buffer_size=2)))
   return iter(ds)

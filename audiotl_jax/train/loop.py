@@ -135,7 +135,12 @@ def _restore(ckpt, step: int, state, data_iter, batch_size: int):
   """
   writers = pipeline.saved_process_count(ckpt.directory / str(step) / "data")
   if writers in (None, jax.process_count()):
-    return ckpt.restore(step, state, data_iter)
+    state = ckpt.restore(step, state, data_iter)
+    moved = pipeline.upgrade_position(data_iter, step, batch_size=batch_size)
+    if moved and jax.process_index() == 0:
+      print(f"resume: step {step}'s data position was saved in the old (per-record) form; "
+            f"it is rebuilt from the step")
+    return state
   state = ckpt.restore(step, state, None)
   try:
     pipeline.seek(data_iter, step, batch_size=batch_size)
