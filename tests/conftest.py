@@ -71,13 +71,18 @@ def tiny_pretrain_config(data_dir, **overrides):
     config.checkpoint_every = 2
     config.frontend.n_mels = 32
     config.progress = False
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    set_keys(config, overrides)
   return config
+
+
+def set_keys(config, overrides: dict) -> None:
+  """Sets dotted keys (`optim.lr`) of an unlocked config."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from audiotl_jax.errors import UserError
+from conftest import set_keys
 
 
 def _config(prepared, **overrides):
@@ -13,12 +14,7 @@ def _config(prepared, **overrides):
     config.data.dir = str(prepared["speech_commands"])
     config.frontend.n_mels = 32
     config.progress = False
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    set_keys(config, overrides)
   return config
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from audiotl_jax import models
 from audiotl_jax.errors import UserError
 from audiotl_jax.features import panns as frontend_lib
+from audiotl_jax.models import importers
 from audiotl_jax.models import panns as panns_lib
 
 BUFFERS = {
@@ -48,18 +49,11 @@ class Imported(NamedTuple):
 def read_checkpoint(path) -> dict[str, np.ndarray]:
   """A `.pth` of the official layout (`{'model': state_dict}`, or a bare state dict) -> numpy."""
   path = Path(path)
-  try:
-    import torch
-  except ImportError:
-    raise UserError(f"reading {path.name} (a PyTorch pickle) needs torch: "
-                    f"pip install 'audiotl-jax[torch]'") from None
-  try:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-  except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
-    raise UserError(f"weights file {path}: not a readable PyTorch checkpoint "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+  state = importers.torch_load(path, "weights file")
   if isinstance(state, dict) and isinstance(state.get("model"), Mapping):
     state = state["model"]
+  # torch_load returned, so torch is importable; it is imported only where a .pth is read.
+  import torch  # pylint: disable=g-import-not-at-top
   if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
     raise UserError(f"weights file {path}: neither {{'model': state_dict}} nor a state dict of "
                     f"tensors")

@@ -25,6 +25,7 @@ import numpy as np
 from audiotl_jax import models
 from audiotl_jax.errors import UserError
 from audiotl_jax.models import vggish as vggish_lib
+from audiotl_jax.models import importers
 from audiotl_jax.models.importers import read_state_dict
 
 
@@ -93,19 +94,10 @@ def read_pca(path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
     except Exception as e:  # a truncated or foreign file: numpy raises several error types
       raise UserError(f"PCA file {path}: not a readable .npz ({type(e).__name__}: {e})") from None
-  try:
-    import torch
-  except ImportError:
-    raise UserError(f"reading {path.name} (a PyTorch pickle) needs torch: "
-                    f"pip install 'audiotl-jax[torch]'") from None
-  try:
-    # The release pickles numpy arrays, which torch's safe loader refuses unless these few
-    # numpy globals are allowed; nothing else (no arbitrary code) is.
-    with torch.serialization.safe_globals(_numpy_globals()):
-      state = torch.load(str(path), map_location="cpu", weights_only=True)
-  except Exception as e:  # unpickling errors of every kind
-    raise UserError(f"PCA file {path}: not a readable PyTorch pickle ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  # The release pickles numpy arrays, which torch's safe loader refuses unless these few numpy
+  # globals are allowed.
+  state = importers.torch_load(path, "PCA file", noun="pickle",
+                               safe_globals=_numpy_globals())
   if not isinstance(state, Mapping):
     raise UserError(f"PCA file {path} holds a {type(state).__name__}, not a dict of arrays")
   return {k: v.numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in state.items()}

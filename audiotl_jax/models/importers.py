@@ -30,6 +30,26 @@ from audiotl_jax.models import ast as ast_lib
 _DROPPED = ("module.v.head.", "module.v.head_dist.")
 
 
+def torch_load(path: Path, what: str, *, noun: str = "checkpoint", safe_globals=()):
+  """`torch.load(weights_only=True)` of a PyTorch pickle, with one-line errors naming `what`.
+
+  `safe_globals`: the few extra globals a file may refer to (numpy arrays in VGGish's PCA file);
+  nothing else, no arbitrary code, is unpickled.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"reading {path.name} (a PyTorch pickle) needs torch: "
+                    f"pip install 'audiotl-jax[torch]'") from None
+  try:
+    with torch.serialization.safe_globals(list(safe_globals)):
+      return torch.load(str(path), map_location="cpu", weights_only=True)
+  except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise UserError(f"{what} {path}: not a readable PyTorch {noun} "
+                    f"({type(e).__name__}: {first})") from None
+
+
 def read_state_dict(path) -> dict[str, np.ndarray]:
   """A `.safetensors`, `.pth`/`.pt`/`.bin` file -> {key: numpy array}."""
   path = Path(path)
@@ -46,16 +66,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types for a damaged file
       raise UserError(f"checkpoint file {path}: not a readable safetensors file "
                       f"({type(e).__name__}: {e})") from None
-  try:
-    import torch
-  except ImportError:
-    raise UserError(f"reading {path.name} (a PyTorch pickle) needs torch: "
-                    f"pip install 'audiotl-jax[torch]'") from None
-  try:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-  except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
-    raise UserError(f"checkpoint file {path}: not a readable PyTorch checkpoint "
-                    f"({type(e).__name__}: {e})") from None
+  state = torch_load(path, "checkpoint file")
   state = state.get("state_dict", state) if isinstance(state, dict) else state
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
