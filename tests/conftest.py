@@ -37,7 +37,6 @@ def devices():
 # ------------------------------------------------------------------------- shared fixtures
 # Tiny synthetic data, prepared once per session, and one tiny pre-trained checkpoint: the stage
 # tests build on them instead of each making their own.
-import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +90,32 @@ def pretrained(prepared, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("pretrain")
   pretrain.run(tiny_pretrain_config(prepared["audioset"]), workdir)
   return workdir
+
+
+def run_processes(argv_of, *, count: int = 2, timeout: float = 300, env=None) -> None:
+  """Runs `count` real JAX processes (4 CPU devices each) against one coordinator on localhost.
+
+  `argv_of(p)` is process p's command line. Each must exit 0 (its output tail is the failure
+  message); a failed or hung one is killed, so no worker outlives the test.
+  """
+  import subprocess
+  portpicker = pytest.importorskip("portpicker")
+  base = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+              XLA_FLAGS="--xla_force_host_platform_device_count=4",
+              AUDIOTL_COMPILATION_CACHE="", PYTHONPATH=str(REPO),
+              AUDIOTL_COORDINATOR_ADDRESS=f"localhost:{portpicker.pick_unused_port()}",
+              AUDIOTL_NUM_PROCESSES=str(count), **(env or {}))
+  base.pop("AUDIOTL_DISTRIBUTED", None)
+  procs = [subprocess.Popen(argv_of(p), env={**base, "AUDIOTL_PROCESS_ID": str(p)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for p in range(count)]
+  try:
+    for proc in procs:
+      log, _ = proc.communicate(timeout=timeout)
+      assert proc.returncode == 0, log[-4000:]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+

@@ -7,8 +7,6 @@ The two processes run once per module (`cluster`); the default suite checks them
 other, the slow suite against one process doing the same steps.
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,14 +14,6 @@ import numpy as np
 import pytest
 
 N, BATCH, CLIP, STEPS = 16, 8, 1600, 2
-
-
-def _worker_env(tmp_path: Path) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             AUDIOTL_COMPILATION_CACHE="", PYTHONPATH=str(Path(__file__).parents[1]))
-  env.pop("AUDIOTL_DISTRIBUTED", None)
-  return env
 
 
 def _model_and_featurizer(num_classes: int):
@@ -109,24 +99,11 @@ def _make_dataset(root: Path):
 def cluster(tmp_path_factory):
   """Two worker processes, 4 devices each, against one coordinator: STEPS train steps, then a
   checkpoint both write to `root/ckpt`. Returns (dataset, root, the two processes' results)."""
-  portpicker = pytest.importorskip("portpicker")
+  from conftest import run_processes
   root = tmp_path_factory.mktemp("multihost")
   dataset = _make_dataset(root)
-  port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
-      [sys.executable, __file__, str(dataset.path), str(root / f"p{p}.json"), str(root / "ckpt")],
-      env={**_worker_env(root), "AUDIOTL_COORDINATOR_ADDRESS": f"localhost:{port}",
-           "AUDIOTL_NUM_PROCESSES": "2", "AUDIOTL_PROCESS_ID": str(p)},
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
-  try:
-    for p in procs:
-      out, _ = p.communicate(timeout=240)
-      assert p.returncode == 0, out[-3000:]
-  finally:
-    for p in procs:  # a failed or hung worker must not outlive the test
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  run_processes(lambda p: [sys.executable, __file__, str(dataset.path), str(root / f"p{p}.json"),
+                           str(root / "ckpt")], timeout=240)
   return dataset, root, [json.loads((root / f"p{p}.json").read_text()) for p in (0, 1)]
 
 

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -107,30 +106,13 @@ def cluster(prepared, tmp_path_factory):
   from conftest import tiny_pretrain_config
   from audiotl_jax import config as config_lib
   from test_import_weights import _weights
-  portpicker = pytest.importorskip("portpicker")
+  from conftest import run_processes
   root = tmp_path_factory.mktemp("processes")
   config = tiny_pretrain_config(prepared["audioset"], total_steps=TOTAL)
   (root / "config.json").write_text(json.dumps(config_lib.to_dict(config)))
   weights, params = _weights(root)
-  port = portpicker.pick_unused_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             AUDIOTL_COORDINATOR_ADDRESS=f"localhost:{port}", AUDIOTL_NUM_PROCESSES="2",
-             PYTHONPATH=str(Path(__file__).parents[1]))
-  env.pop("AUDIOTL_DISTRIBUTED", None)
-  procs = [subprocess.Popen(
-      [sys.executable, __file__, str(root / "config.json"), str(root), str(weights),
-       str(root / f"p{p}.json")], env={**env, "AUDIOTL_PROCESS_ID": str(p)},
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (0, 1)]
-  try:
-    for p in procs:
-      log, _ = p.communicate(timeout=300)
-      assert p.returncode == 0, log[-4000:]
-  finally:
-    for p in procs:  # a failed or hung worker must not outlive the test
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  run_processes(lambda p: [sys.executable, __file__, str(root / "config.json"), str(root),
+                           str(weights), str(root / f"p{p}.json")])
   out = [json.loads((root / f"p{p}.json").read_text()) for p in (0, 1)]
   return root, config, params, out
 

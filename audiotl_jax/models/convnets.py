@@ -49,8 +49,10 @@ class ConvNet(nn.Module):
     return common.block_names(len(self.channels))
 
   def pool(self, x, out: dict) -> jnp.ndarray:
-    """(batch, time, freq, channels) -> the embedding; records `pooled` (and more) in `out`."""
-    raise NotImplementedError
+    """(batch, time, freq, channels) -> the embedding; records `pooled` (and more) in `out`.
+
+    Each family defines it; ConvNet itself is never registered or built."""
+    raise NotImplementedError(f"{type(self).__name__} defines no pooling")
 
   @nn.compact
   def __call__(self, x, *, train: bool):
