@@ -14,6 +14,7 @@ from audiotl_jax.data.readers.common import AUDIO_EXTENSIONS, DatasetListing, It
 from audiotl_jax.data.readers.dcase import dcase2018_task1, dcase2018_task3, dcase2020_task1a
 from audiotl_jax.data.readers.esc50 import esc50
 from audiotl_jax.data.readers.generic import class_folders, csv_manifest
+from audiotl_jax.data.readers.gtzan import gtzan
 from audiotl_jax.data.readers.speech_commands import speech_commands
 from audiotl_jax.data.readers.tfds import tfds_speech_commands
 from audiotl_jax.errors import unknown_name
@@ -26,6 +27,7 @@ READERS: dict[str, Callable[..., DatasetListing]] = {
     "dcase2020_task1a": dcase2020_task1a,
     "dcase2018_task3": dcase2018_task3,
     "esc50": esc50,
+    "gtzan": gtzan,
     "csv": csv_manifest,
     "folders": class_folders,
 }
