@@ -3,8 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from audiotl_jax.analysis import report
+from audiotl_jax.analysis import results
 from audiotl_jax.analysis import scaling
 
 
@@ -36,8 +38,7 @@ def _study(tmp_path):
 
 
 def test_points_average_seeds_and_skip_single_fraction_subsets(tmp_path):
-  data = report.collect(_study(tmp_path))
-  pts = scaling.points(data["pretrain"], data["finetune"], "accuracy")
+  pts = scaling.points(results.table(_study(tmp_path)), results.UNNAMED)
   assert list(pts) == ["Music"]  # Animal has one fraction: no curve
   low, high = pts["Music"][0.1], pts["Music"][1.0]
   assert low["clips"] == 100 and high["clips"] == 1000
@@ -45,17 +46,23 @@ def test_points_average_seeds_and_skip_single_fraction_subsets(tmp_path):
   assert low["linear"]["std"] == pytest.approx(np.std([0.50, 0.54], ddof=1))
   assert high["full"]["mean"] == pytest.approx(0.82)
   assert high["pretrain_mAP"]["mean"] == pytest.approx(0.36)
-  # +0.20 accuracy from 100 to 1,000 clips: a slope of 0.20 per decade.
-  assert scaling.fits(pts, "linear") == {"Music": pytest.approx(0.20)}
+  # +0.20 accuracy from 100 to 1,000 clips: a slope of 0.20 per decade, fitted over the four
+  # runs at log10 clips 2, 2, 3, 3 (Sxx = 1), residuals ±0.02: stderr = sqrt(4 * 0.02**2 / 2),
+  # on two degrees of freedom.
+  fit = scaling.fits(pts, "linear")["Music"]
+  assert fit["slope"] == pytest.approx(0.20) and fit["n"] == 4
+  half = stats.t.ppf(0.975, 2) * np.sqrt(4 * 0.02**2 / 2)
+  assert fit["ci"] == pytest.approx((0.20 - half, 0.20 + half))
 
 
 def test_report_has_the_scaling_section_and_plot(tmp_path):
   study = _study(tmp_path)
   text = report.write(study).read_text()
   assert "## Scaling with pre-training data" in text
-  assert "| Music | 0.1 | 100 | 0.260 ± 0.014 (n=2) | 0.620 ± 0.028 (n=2) | 0.520 ± 0.028 (n=2) |" \
-      in text
-  assert "- linear: Music +0.200" in text
+  # Two seeds: the 95 % t-interval is mean ± t(0.975, 1) * std / sqrt(2) = mean ± 8.985 * std.
+  assert "| Music | 0.1 | 100 | 0.260 ± 0.014 [0.133, 0.387] (n=2) | " \
+      "0.620 ± 0.028 [0.366, 0.874] (n=2) | 0.520 ± 0.028 [0.266, 0.774] (n=2) |" in text
+  assert "- linear: Music +0.200 [+0.078, +0.322]" in text
   assert (study / "scaling.png").stat().st_size > 10_000
 
 
@@ -65,13 +72,13 @@ def test_nan_metrics_are_left_out_not_averaged_in(tmp_path):
   r = json.loads(path.read_text())
   r["val"]["mAP"] = float("nan")  # a held-out split without a positive clip
   path.write_text(json.dumps(r))
-  data = report.collect(study)
-  low = scaling.points(data["pretrain"], data["finetune"], "accuracy")["Music"][0.1]
-  assert low["pretrain_mAP"] == {"mean": pytest.approx(0.25), "std": 0.0, "n": 1}
-  assert scaling._cell(None) == "n/a"  # pylint: disable=protected-access
+  low = scaling.points(results.table(study), results.UNNAMED)["Music"][0.1]
+  mAP = low["pretrain_mAP"]
+  assert (mAP["mean"], mAP["std"], mAP["n"], mAP["values"]) == (pytest.approx(0.25), 0.0, 1, [0.25])
+  assert np.isnan(mAP["ci"][0])  # one value: no interval
 
 
 def test_no_section_without_a_second_fraction(tmp_path):
-  data = report.collect(_study(tmp_path))
-  pre = {k: v for k, v in data["pretrain"].items() if not k.startswith("Music-0.1")}
-  assert scaling.section(tmp_path, pre, data["finetune"], ["linear"], "accuracy") == []
+  df = results.table(_study(tmp_path))
+  df = df[~df["run"].str.startswith("Music-0.1")]
+  assert scaling.section(tmp_path, df, [results.UNNAMED], ["linear"]) == []
