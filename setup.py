@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 MAPPED = {
     "audiotl_jax.resources.configs": "configs",
     "audiotl_jax.resources.configs.sweeps": "configs/sweeps",
+    "audiotl_jax.resources.configs.studies": "configs/studies",
     "audiotl_jax.resources.audioset": "third_party/audioset",
 }
 
@@ -18,5 +19,6 @@ setup(
     package_data={"audiotl_jax": ["py.typed"],
                   "audiotl_jax.resources.configs": ["*.py"],
                   "audiotl_jax.resources.configs.sweeps": ["*.py"],
+                  "audiotl_jax.resources.configs.studies": ["*.py"],
                   "audiotl_jax.resources.audioset": ["*.csv", "*.json", "*.md", "LICENSE*"]},
 )

@@ -59,6 +59,33 @@ def _parser() -> argparse.ArgumentParser:
                  help="write sweep.json and runs.txt, print the commands, run nothing")
   w.add_argument("--only", default="",
                  help="only runs whose name contains this (glob characters allowed)")
+  y = parsers["study"]
+  y.add_argument("--config", dest="spec", required=True, help="a study config "
+                 "(configs/studies/*.py), optionally :ARG; --config.KEY=VALUE overrides its fields")
+  y.add_argument("--workdir", required=True, help="the study's folder: plan.json, "
+                 "study_state.json, logs/ and W/<step>/<run>/ for every run")
+  y.add_argument("--launcher", choices=("local", "slurm", "tpu_vm"), default="local")
+  y.add_argument("--dry-run", action="store_true",
+                 help="write plan.json, print the plan, run nothing")
+  y.add_argument("--status", action="store_true",
+                 help="per step: done / running / failed / blocked / pending; runs nothing")
+  y.add_argument("--only", action="append", default=[],
+                 help="only runs whose <step>/<run> name matches this glob (repeatable)")
+  y.add_argument("--exclude", action="append", default=[],
+                 help="leave out runs whose name matches this glob (repeatable)")
+  y.add_argument("--select-by", default="", help="score-guided selection: score the states on "
+                 "each task first and fine-tune only the --top-k best (the config's `selection`)")
+  y.add_argument("--top-k", type=int, default=0, help="how many states per task to fine-tune")
+  y.add_argument("--select-layer", default="embedding", help="the layer the states are scored on")
+  y.add_argument("--compare-with", default="", help="a finished full study: selection.md then "
+                 "gives the regret and the compute saved as measured there")
+  sy = parsers["synthetic"]
+  sy.add_argument("--workdir", required=True, help="where audioset/, speech_commands/ ... go")
+  sy.add_argument("--scale", default="demo", help="test (~150 clips) or demo (~2,400 clips)")
+  sy.add_argument("--seed", type=int, default=0)
+  sy.add_argument("--datasets", default="", help="`+`-separated generators (audioset, "
+                  "speech_commands, acoustic_scenes, dcase2020_task1a, dcase2018_task3, gtzan, "
+                  "esc50, cough); default: the demo's three")
   im = parsers["import"]
   im.add_argument("--weights", required=True, help="the weights file")
   im.add_argument("--model", default="ast:base",
@@ -114,7 +141,7 @@ def main(argv=None) -> int:
   stage = stages.STAGES[args.command]
   if stage.config:
     config = config_lib.load(args.config, overrides)
-  elif args.command == "sweep":  # the sweep config is loaded (and checked) by the sweep itself
+  elif args.command in ("sweep", "study"):  # their configs are loaded (and checked) by themselves
     config = ml_collections.ConfigDict(dict(_flags(args), overrides=overrides))
   elif overrides:
     raise UserError(f"`audiotl {args.command}` takes no --config overrides")
@@ -123,8 +150,8 @@ def main(argv=None) -> int:
   if stage.setup:
     _setup_processes()
   workdir = getattr(args, "workdir", None)
-  stages.get(args.command).run(config, Path(workdir) if workdir else None)
-  return 0
+  result = stages.get(args.command).run(config, Path(workdir) if workdir else None)
+  return result if args.command == "study" else 0  # a study says whether every run succeeded
 
 
 def _flags(args) -> dict:

@@ -1,5 +1,6 @@
-"""The launchers of `audiotl sweep`: run the planned runs here, or write a SLURM job array or a
-TPU-VM script that runs them there.
+"""The launchers of `audiotl sweep` (and the parts `audiotl study` shares: `execute` runs one run
+in its own process, `write_tpu_vm` any runs in order): run the planned runs here, or write a
+SLURM job array or a TPU-VM script that runs them there.
 
 Each takes the runs still to do (see `sweep.Run`: name, args, workdir) and never decides what is
 done: that is the plan's job, and every stage skips or resumes from its own workdir anyway, so a
@@ -18,12 +19,12 @@ from audiotl_jax import fileio
 AUDIOTL_BIN = Path(sys.prefix) / "bin" / "audiotl"
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-def _last_line(log: Path) -> str:
+def last_line(log: Path) -> str:
   lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
   return lines[-1].strip() if lines else ""
 
@@ -35,33 +36,47 @@ def run_local(runs: list, workdir: Path, *, record=lambda: None, executable=None
   the night. `record()` rewrites sweep.json; `executable` replaces `python -m audiotl_jax`
   (tests use a cheap stand-in).
   """
-  executable = list(executable or [sys.executable, "-m", "audiotl_jax"])
   todo = [r for r in runs if r.status in ("new", "resume")]
-  (workdir / "logs").mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   for i, run in enumerate(todo):
-    log = workdir / "logs" / f"{run.name}.log"
     verb = "resuming" if run.status == "resume" else "starting"
-    print(f"sweep: [{i + 1}/{len(todo)}] {verb} {run.name} (elapsed {_clock(time.time() - t0)})",
+    print(f"sweep: [{i + 1}/{len(todo)}] {verb} {run.name} (elapsed {clock(time.time() - t0)})",
           flush=True)
-    start = time.time()
-    with open(log, "w") as out:
-      code = subprocess.call([*executable, *run.args], stdout=out, stderr=subprocess.STDOUT)
-    run.seconds, run.exit_code, run.log = round(time.time() - start, 1), code, str(log)
-    run.status = "finished" if code == 0 else "failed"
+    code = execute(run, workdir / "logs" / f"{run.name}.log", executable=executable)
     if code:
-      print(f"sweep: [{i + 1}/{len(todo)}] {run.name} FAILED (exit {code}): {_last_line(log)}; "
-            f"log: {log}", flush=True)
+      print(f"sweep: [{i + 1}/{len(todo)}] {run.name} FAILED (exit {code}): "
+            f"{last_line(Path(run.log))}; log: {run.log}", flush=True)
     record()  # after every run: a killed sweep leaves a true record
   _summary(runs, time.time() - t0)
   return 1 if any(r.status == "failed" for r in runs) else 0
+
+
+def execute(run, log: Path, *, executable=None, on_start=lambda pid: None) -> int:
+  """Runs one run in its own process, its output in `log`; sets its status (finished or
+  failed), exit code, seconds and log, and returns the exit code.
+
+  `on_start(pid)` is called once the process is started (a study records it: a run whose
+  process is alive is running). `executable` replaces `python -m audiotl_jax`."""
+  executable = list(executable or [sys.executable, "-m", "audiotl_jax"])
+  log = Path(log)
+  log.parent.mkdir(parents=True, exist_ok=True)
+  start = time.time()
+  with open(log, "w") as out:
+    proc = subprocess.Popen([*executable, *run.args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+      on_start(proc.pid)
+    finally:
+      code = proc.wait()
+  run.seconds, run.exit_code, run.log = round(time.time() - start, 1), code, str(log)
+  run.status = "finished" if code == 0 else "failed"
+  return code
 
 
 def _summary(runs: list, seconds: float) -> None:
   count = {s: sum(r.status == s for r in runs) for s in
            ("finished", "failed", "done", "excluded")}
   print(f"sweep: {count['finished']} finished, {count['failed']} failed, {count['done']} skipped "
-        f"(already done), {count['excluded']} excluded, in {_clock(seconds)}")
+        f"(already done), {count['excluded']} excluded, in {clock(seconds)}")
   width = max(len(r.name) for r in runs)
   print(f"  {'run':<{width}}  {'status':<9} {'seconds':>8}  log")
   for r in runs:
@@ -76,13 +91,18 @@ def _array_cases(todo: list) -> str:
 # Why no per-task GPU binding: see launch/slurm.sbatch. JAX's SLURM detection sets each
 # process's local_device_ids to [SLURM_LOCALID], an ordinal among the GPUs the task sees, so every
 # task must see all of its node's GPUs and there must be one task per GPU.
-_SLURM_LAYOUT = """\
-tasks=${SLURM_NTASKS_PER_NODE:-}; gpus=${SLURM_GPUS_ON_NODE:-}
+def layout_check(script: str) -> str:
+  """Shell lines that stop a job whose node has other than one task per GPU."""
+  return f"""\
+tasks=${{SLURM_NTASKS_PER_NODE:-}}; gpus=${{SLURM_GPUS_ON_NODE:-}}
 if [ -n "$tasks" ] && [ -n "$gpus" ] && [ "$tasks" != "$gpus" ]; then
-  echo "sweep.sbatch: $tasks tasks per node but $gpus GPUs per node;" \\
+  echo "{script}: $tasks tasks per node but $gpus GPUs per node;" \\
     "give --ntasks-per-node=$gpus" >&2
   exit 2
 fi"""
+
+
+_SLURM_LAYOUT = layout_check("sweep.sbatch")
 
 
 def write_slurm(todo: list, workdir: Path, spec: str, *, max_parallel: int = 0) -> Path:
@@ -123,7 +143,7 @@ srun --kill-on-bad-exit=1 --gpu-bind=none "$AUDIOTL" "${{args[@]}}"
   return path
 
 
-def write_tpu_vm(todo: list, workdir: Path, spec: str) -> Path:
+def write_tpu_vm(todo: list, workdir: Path, spec: str, *, kind: str = "sweep") -> Path:
   """A script every worker of a TPU slice runs: the same runs in the same order, each one
   multi-host job, with launch/tpu_vm.sh's set-up and environment.
 
@@ -133,10 +153,10 @@ def write_tpu_vm(todo: list, workdir: Path, spec: str) -> Path:
   processes too (jax.distributed's health checks end a job whose process died), so each script
   stops at the same run.
   """
-  path = workdir / "sweep_tpu.sh"
+  path = workdir / f"{kind}_tpu.sh"
   lines = "\n".join(f"run {shlex.quote(r.name)} {shlex.join(r.args)}" for r in todo)
   fileio.write_text(path, f"""#!/usr/bin/env bash
-# audiotl sweep --config {spec}
+# audiotl {kind} --config {spec}
 # {len(todo)} runs, one after another, on every worker of a TPU VM slice:
 #   gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=all --command "bash {path.resolve()}"
 # The first failed run stops this script with its exit status, so gcloud's --worker=all exits
@@ -152,17 +172,17 @@ export AUDIOTL_DISTRIBUTED=1
 done_runs=0
 run() {{
   local name=$1 code=0; shift
-  echo "sweep: $name"
+  echo "{kind}: $name"
   "$AUDIOTL" "$@" || code=$?
   if [ "$code" -ne 0 ]; then
-    echo "sweep: $name FAILED (exit $code) after $done_runs of {len(todo)} runs; stopping." \
+    echo "{kind}: $name FAILED (exit $code) after $done_runs of {len(todo)} runs; stopping." \
       "Fix it and re-run this script on every worker: it resumes." >&2
     exit "$code"
   fi
   done_runs=$((done_runs + 1))
 }}
 {lines}
-echo "sweep: {len(todo)} runs finished"
+echo "{kind}: {len(todo)} runs finished"
 """)
   path.chmod(0o755)
   return path

@@ -39,7 +39,7 @@ from audiotl_jax.launch import launchers
 from audiotl_jax.errors import UserError, unknown_name
 
 LAUNCHERS = ("local", "slurm", "tpu_vm", "print")
-STAGES = ("prepare", "pretrain", "finetune", "embed", "score")
+STAGES = ("prepare", "pretrain", "finetune", "embed", "score", "probe")
 FIELDS = ("stage", "base", "axes", "zip", "fixed", "name", "max_parallel")
 
 
@@ -64,16 +64,30 @@ def finished(pattern: str) -> tuple[str, ...]:
   """Workdirs matching a glob that hold a finished run: an axis chaining one sweep to the next,
   e.g. `("init", sweep.finished("runs/scaling/*"))` fine-tunes every finished pre-training."""
   return tuple(p for p in fileio.glob(pattern)
-               if fileio.path(p).is_dir() and _is_done("pretrain", fileio.path(p)))
+               if fileio.path(p).is_dir() and is_done("pretrain", p))
 
 
-def _is_done(stage: str, workdir: Path) -> bool:
-  if stage in ("pretrain", "finetune"):
-    from audiotl_jax.train import checkpoints as checkpointing  # imports JAX: only when a stage needs it
-    return checkpointing.finished(workdir) is not None
-  marker = {"score": "scores.json", "prepare": "manifest.json"}.get(stage)
-  # `embed` has no single marker: it resumes and skips its finished splits by itself.
-  return marker is not None and (workdir / marker).exists()
+# The file each stage writes last, in its workdir. results.json is what
+# `train.checkpoints.finished` reads; it is read here directly so that planning a sweep or a
+# study never imports JAX. `embed` has no single marker: it resumes and skips its finished splits
+# by itself. The synthetic generator's stamp says `complete` only once every file is written.
+MARKERS = {"pretrain": "results.json", "finetune": "results.json", "score": "scores.json",
+           "prepare": "manifest.json", "report": "report.md", "synthetic": ".synthetic.json",
+           "probe": "results.json", "import": "results.json"}
+
+
+def is_done(stage: str, workdir) -> bool:
+  """Does `workdir` hold a finished run of `stage`?"""
+  marker = MARKERS.get(stage)
+  path = fileio.path(workdir) / marker if marker else None
+  if path is None or not path.exists():
+    return False
+  if stage == "synthetic":
+    try:
+      return bool(json.loads(path.read_text()).get("complete"))
+    except ValueError:  # written half-way
+      return False
+  return True
 
 
 # ------------------------------------------------------------------ expansion
@@ -165,7 +179,7 @@ def _groups(axes, zip_groups) -> list[list[str]]:
   return grouped
 
 
-def _slug(value) -> str:
+def slug(value) -> str:
   text = to_text(value)
   if "/" in text:  # a path (a chained checkpoint): its folder name says which
     text = Path(text.rstrip("/")).name
@@ -179,44 +193,51 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 
 def _name(template: str, values: dict, short: dict) -> str:
   if not template:
-    return "__".join(f"{short[k]}-{_slug(v)}" for k, v in values.items())
+    return "__".join(f"{short[k]}-{slug(v)}" for k, v in values.items())
   lookup = {**{short[k]: v for k, v in values.items()}, **values}
 
   def sub(m):
     if m.group(1) not in lookup:
       raise unknown_name("sweep name placeholder", m.group(1), lookup)
-    return _slug(lookup[m.group(1)])
+    return slug(lookup[m.group(1)])
   return re.sub(r"\{([\w.:]+)\}", sub, template)
 
 
 def expand(sweep, workdir: Path) -> list[Run]:
   """The runs of a sweep, every override checked against the base config."""
-  axes = _pairs(sweep.axes, "axes")
-  fixed = _pairs(sweep.get("fixed", ()), "fixed")
+  return expand_runs(sweep.stage, sweep.base, sweep.axes, workdir, fixed=sweep.get("fixed", ()),
+                     zip_groups=sweep.get("zip", ()), name=sweep.get("name", ""))
+
+
+def expand_runs(stage: str, base: str, axes, workdir: Path, *, fixed=(), zip_groups=(),
+                name: str = "") -> list[Run]:
+  """The runs of `stage` over `axes` (a sweep's, or one step of a study's, launch/study.py)."""
+  axes = _pairs(axes, "axes")
+  fixed = _pairs(fixed, "fixed")
   for key, values in axes:
     if isinstance(values, str) or not len(values):
       hint = " (a sweep.finished(...) glob that matched no finished run yet?)" if not values else ""
       raise UserError(f"sweep axis {key!r} needs a non-empty sequence of values{hint}")
-  _check_keys(sweep.base, fixed, "fixed")
-  _check_keys(sweep.base, [(k, vs[0]) for k, vs in axes], "axis")
+  _check_keys(base, fixed, "fixed")
+  _check_keys(base, [(k, vs[0]) for k, vs in axes], "axis")
   both = set(dict(fixed)) & set(dict(axes))
   if both:
     raise UserError(f"sweep key(s) {sorted(both)} are both an axis and fixed")
-  groups = _groups(axes, sweep.get("zip", ()))
+  groups = _groups(axes, zip_groups)
   table = dict(axes)
   short = _short_names(list(table))
   runs = []
   for combo in itertools.product(*[range(len(table[g[0]])) for g in groups]):
     values = {k: table[k][i] for g, i in zip(groups, combo) for k in g}
     values = {k: values[k] for k in table}  # axis order, not group order, for names
-    name = _name(sweep.get("name", ""), values, short)
+    run_name = _name(name, values, short)
     arg_values, overrides = _split({**dict(fixed), **values})
-    spec = _spec(sweep.base, arg_values)
+    spec = _spec(base, arg_values)
     config_lib.load(spec, overrides)  # every value's type, before anything runs
-    run_dir = workdir / name
-    args = [sweep.stage, "--config", spec, *(f"--config.{o}" for o in overrides),
+    run_dir = workdir / run_name
+    args = [stage, "--config", spec, *(f"--config.{o}" for o in overrides),
             "--workdir", str(run_dir)]
-    runs.append(Run(name=name, workdir=str(run_dir), args=args, values=values))
+    runs.append(Run(name=run_name, workdir=str(run_dir), args=args, values=values))
   names = [r.name for r in runs]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
@@ -232,7 +253,7 @@ def plan(runs: list[Run], stage: str, only: str = "") -> None:
     raise UserError(f"--only {only!r} matches no run; runs are named like {runs[0].name!r}")
   for run in runs:
     path = fileio.path(run.workdir)
-    if path.is_dir() and _is_done(stage, path):
+    if path.is_dir() and is_done(stage, path):
       run.status = "done"
     elif run not in chosen:
       run.status = "excluded"
