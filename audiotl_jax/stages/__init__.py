@@ -30,6 +30,8 @@ STAGES = {
     "finetune": Stage("finetune", "finetune.py", True,
                       "transfer to a downstream task with a strategy"),
     "embed": Stage("embed", "embed.py", True, "export embeddings of any layer for a dataset"),
+    "probe": Stage("probe", "probe.py", True, "a new classifier (logistic, MLP) on a frozen "
+                   "model's embeddings of one layer or several"),
     "score": Stage("score", "score.py", True,
                    "transferability scores of pre-trained states on a dataset"),
     "ontology": Stage("ontology", None, False, "inspect the AudioSet ontology and plan subsets"),
@@ -38,6 +40,10 @@ STAGES = {
                    "mean and std of a prepared dataset's AST fbank features"),
     "sweep": Stage("sweep", None, False, "expand a sweep config into runs; run them locally or "
                    "write SLURM / TPU-VM launches; skip what is done"),
+    "study": Stage("study", None, False, "a study config (a graph of sweeps: prepare -> pretrain "
+                   "-> finetune -> score -> report) run in dependency order; skip what is done"),
+    "synthetic": Stage("synthetic", None, False,
+                       "synthetic AudioSet and downstream tasks in their real layouts"),
     "import": Stage("import_weights", None, True, "AST weights (official .pth, Hugging Face "
                     ".safetensors/.bin) -> a checkpoint to fine-tune, embed or score from"),
     "report": Stage("report", None, False, "aggregate a study's runs into report.md and plots"),
