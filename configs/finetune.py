@@ -23,6 +23,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, strategy="linear", model="cnn:S", runlocal=False)
   c = ml_collections.ConfigDict()
   c.init = ""
+  c.label = ""                  # a name for the run in a study's folders and reports; changes nothing
   c.strategy = arg.strategy
   c.model = dict(name=arg.model, dtype="float32", remat=False)  # dtype: compute (bfloat16)
   # Options of the parameter-efficient strategies (see audiotl_jax/models/transfer/): reduction rates,
@@ -40,6 +41,12 @@ def get_config(arg=None):
   c.frontend_from_checkpoint = True
   c.frontend = common.frontend(arg.runlocal, kind=common.frontend_kind(arg.model))
   c.augment = common.augment(specaugment=arg.strategy != "linear")
+  # "multiclass": train a binary task as two classes (softmax cross-entropy, accuracy) instead
+  # of one sigmoid output (BCE, AUROC); "": the dataset's own task.
+  c.task = ""
+  # Cross-entropy weighted by inverse class frequency in the training selection, normalised to
+  # sum to the number of classes (the ontology/data-scale study's loss).
+  c.class_balanced = False
   c.batch_size = 64
   c.total_steps = 0
   c.num_epochs = 20.0

@@ -31,4 +31,5 @@ def get_config(arg=None):
       sample_rate=16000,
       clip_seconds=clip,       # pad/crop every clip to this length; None keeps each length
       shard_size=1024, num_workers=0,  # 0: every core
+      label="",                # a name for the dataset in a study's run folders; changes nothing
       progress=True))

@@ -46,6 +46,9 @@ def get_config(arg=None):
   c.allow_changes = False
   c.num_devices = 0             # 0: every visible device
   c.progress = True
+  # A name for this pre-trained state in reports and run folders (a study's run-name template
+  # uses it, e.g. "30pct" or "animal"); it changes nothing in training.
+  c.label = ""
   c.init_only = False           # save the randomly initialised model and stop (a scratch baseline)
   c.stop_at = 0                 # > 0: stop after this step, as a preempted job would (tests)
   if arg.runlocal:

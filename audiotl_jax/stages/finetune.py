@@ -85,6 +85,13 @@ def run(config, workdir) -> dict:
   loop.check_sample_rate(dataset, fc)
   sel = selection.downstream(dataset, config.data)
   task_kind = dataset.task
+  if config.get("task", "") == "multiclass" and task_kind == "binary":
+    # A binary task as two classes (softmax cross-entropy, accuracy), as studies that report
+    # accuracy on a detection task train it (e.g. DCASE 2018 Task 3 in the ontology study).
+    task_kind = "multiclass"
+  elif config.get("task", ""):
+    raise UserError(f"config key 'task' = {config.task!r}: only 'multiclass' (a binary task as "
+                    f"two classes) or '' (the dataset's own, {task_kind!r}) is supported")
   if task_kind == "multilabel":
     raise UserError(f"{dataset.path} is a multi-label dataset; `audiotl finetune` handles "
                     f"single-label and binary tasks (use `audiotl pretrain` for multi-label)")
@@ -118,6 +125,20 @@ def run(config, workdir) -> dict:
     loss_fn = lambda logits, y: step_lib.bce_loss(logits[:, 0], y[:, 1])  # y: one-hot of {0, 1}
   else:
     loss_fn = step_lib.ce_loss
+  class_weights = None
+  if config.get("class_balanced", False):
+    if task_kind != "multiclass":
+      raise UserError(f"config key 'class_balanced' applies to single-label tasks; "
+                      f"{dataset.path} is {task_kind} (set 'task' to 'multiclass' for a binary "
+                      f"task trained as two classes)")
+    train_labels = dataset.labels(config.data.train_split)
+    counts = np.bincount([int(train_labels[i][0]) for i in sel.train],
+                         minlength=num_outputs)
+    class_weights = step_lib.balanced_class_weights(counts)
+    loss_fn = step_lib.weighted_ce_loss(class_weights)
+    if is_main:
+      print(f"finetune: class-balanced cross-entropy, weights "
+            f"{', '.join(f'{w:.2f}' for w in class_weights)}")
   steps_per_epoch = max(1, len(sel.train) // config.batch_size)
 
   def save_adapter(state, metadata, results):
@@ -145,5 +166,7 @@ def run(config, workdir) -> dict:
       results={"task": task_kind, "metric": main_metric, "strategy": strategy.name,
                "init": str(config.init), "model": model_name,
                "source_selection": source_meta.get("selection"),
-               "num_trainable": num_trainable, "num_test": int(len(sel.test))})
+               "num_trainable": num_trainable, "num_test": int(len(sel.test)),
+               "seed": int(config.seed), "dataset": dataset.manifest.get("dataset"),
+               "class_weights": None if class_weights is None else class_weights.tolist()})
   return loop.train(config, workdir, task)

@@ -56,7 +56,8 @@ def run(config, workdir) -> dict:
       checkpoint_every=config.checkpoint_every,
       metadata={"model": config.model.name, "task": "multilabel",
                 "selection": sel.description},
-      results={"model": config.model.name, "subset": config.data.subset or "all",
+      results={"model": config.model.name, "label": config.get("label", ""),
+               "subset": config.data.subset or "all",
                "fraction": config.data.fraction, "seed": config.seed,
                "data_seed": config.data.get("seed"), "num_classes": sel.num_classes,
                "num_train_clips": int(len(sel.train)), "num_val_clips": int(len(sel.val))})

@@ -81,7 +81,7 @@ def begin(config, workdir, stage: str) -> dict | None:
 # Keys that change how a run is watched or laid out, never what it computes: a resume may
 # change them freely. Everything else must match the run being resumed.
 RESUMABLE_CHANGES = ("progress", "log_every", "num_devices", "stop_at", "keep_checkpoints",
-                     "allow_changes", "data.prefetch", "data.dir")
+                     "allow_changes", "data.prefetch", "data.dir", "label")
 # Not data.worker_count: Grain's saved iterator state has one entry per worker.
 
 

@@ -45,11 +45,14 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def binary_auroc(logits: np.ndarray, labels: np.ndarray) -> dict:
-  """Detection: logits (N, 1) or (N, 2); AUROC of the positive class."""
+  """Detection: logits (N, 1) or (N, 2); AUROC of the positive class, and the accuracy of the
+  decision at logit 0 (one output) or of the argmax (two), which studies report beside it."""
   score = logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]
+  decision = logits.argmax(-1) if logits.shape[-1] > 1 else (score > 0).astype(np.int64)
+  accuracy = float(np.mean(decision == labels)) if len(labels) else float("nan")
   if len(np.unique(labels)) < 2:
-    return {"auroc": float("nan")}
-  return {"auroc": float(skm.roc_auc_score(labels, score))}
+    return {"auroc": float("nan"), "accuracy": accuracy}
+  return {"auroc": float(skm.roc_auc_score(labels, score)), "accuracy": accuracy}
 
 
 def for_task(task: str, logits: np.ndarray, labels: np.ndarray) -> dict:

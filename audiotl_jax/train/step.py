@@ -72,6 +72,28 @@ def ce_loss(logits, targets):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def weighted_ce_loss(class_weights):
+  """Cross-entropy weighted per class, as torch's `CrossEntropyLoss(weight=w)`: the weighted mean
+  sum_i w[y_i] ce_i / sum_i w[y_i], so a batch's loss does not depend on how rare its classes
+  are; with soft targets (mixup) a clip's weight is its targets' mix of the class weights."""
+  w = jnp.asarray(class_weights, jnp.float32)
+
+  def loss(logits, targets):
+    per_clip = targets @ w
+    ce = optax.softmax_cross_entropy(logits, targets)
+    return (per_clip * ce).sum() / jnp.maximum(per_clip.sum(), 1e-12)
+  return loss
+
+
+def balanced_class_weights(counts) -> np.ndarray:
+  """Inverse-frequency weights normalised to sum to the number of classes (autrainer's
+  "balanced" cross-entropy, used by the ontology/data-scale study); a class without training
+  clips gets weight 0 rather than infinity."""
+  counts = np.asarray(counts, np.float64)
+  inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+  return (inv * len(counts) / inv.sum()).astype(np.float32)
+
+
 def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int, target: str,
                     model_train: bool = True, trainable=None, stats_trainable=None):
   """Builds `step(state, batch) -> (state, metrics)`; jit it with the state donated.
