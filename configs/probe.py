@@ -4,7 +4,8 @@ r"""A classifier on frozen embeddings: the feature-extraction recipe (embed once
       --config.data.dir=data/esc50_fold1 --config.layers=block5+block6+embedding \
       --config.classifier=mlp --workdir runs/probe_cnn14_hybrid
 
-`layers`: one layer, or several joined by `+` (a hybrid: their pooled outputs concatenated).
+`layers`: one layer, or several joined by `+` (a hybrid: their pooled outputs concatenated);
+`label` names that set in the run's strategy (`probe:<classifier>@<label or layers>`).
 `classifier`: logistic (multinomial logistic regression, its L2 weight chosen on the validation
 split from `l2_grid`) or mlp (one hidden layer of `mlp_hidden` units, early-stopped on the
 validation split). The embeddings are written under the workdir (`embeddings/`), or, with

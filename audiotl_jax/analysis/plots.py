@@ -16,6 +16,7 @@ only draws what they computed, and draws it so that it does not overstate:
 Every function returns its (closed) Figure, so tests read the axes instead of pixels.
 """
 import math
+import textwrap
 
 import matplotlib
 
@@ -52,7 +53,9 @@ def _grid(n: int, title: str):
   fig, axes = plt.subplots(rows, cols, figsize=(width, rows * PANEL[1] + 0.9), squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis("off")
-  fig.suptitle(title, fontsize=10)
+  # Wrapped to the figure's width (about 15 characters an inch at this size): a one-panel
+  # figure must not cut its own title.
+  fig.suptitle(textwrap.fill(title, int(width * 15)), fontsize=10)
   return fig, list(axes.flat[:n]), 1 - LEGEND / width
 
 

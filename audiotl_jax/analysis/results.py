@@ -147,6 +147,12 @@ def table(study: Path) -> pd.DataFrame:
   if not study.exists():
     raise UserError(f"study folder {study} does not exist")
   rows = [r for d in run_dirs(study) if (r := row(d, study))]
+  # Steps whose runs are themselves the pre-trained states (study.json `state_steps`, e.g. the
+  # NC study's source models, trained by fine-tuning from scratch): states, not transfers.
+  sources = set((files.read_json(study / "study.json") or {}).get("state_steps") or ())
+  for r in rows:
+    if r["step"] in sources:
+      r.update(stage="source", state=r["run"])
   if not rows:
     raise UserError(f"no results.json under {study}/*/*/ (no finished run)")
   return frame(rows)

@@ -18,7 +18,7 @@ FLAG_STAGES = ("synthetic", "import", "report")  # steps that take `args`: one r
 FIELDS = ("description", "steps", "report", "selection", "slurm")
 STEP_FIELDS = ("step", "stage", "base", "axes", "zip", "fixed", "name", "args", "after",
                "max_parallel", "slurm")
-REPORT_FIELDS = ("comparisons", "published", "notes", "state_order")
+REPORT_FIELDS = ("comparisons", "published", "notes", "state_order", "state_steps")
 # "@step" (every run of a step) or "@step/run" (one run), the whole string.
 _REF = re.compile(r"@([\w.-]+)(?:/([^/]+))?")
 _STEP_NAME = re.compile(r"[\w.-]+")

@@ -159,6 +159,8 @@ def run(config, workdir) -> dict:
       desc=f"finetune {strategy.name}",
       metadata={
           "model": model_name, "task": task_kind, "num_classes": num_outputs,
+          # What this model was trained on, for runs that start from it (a source model).
+          "selection": sel.description,
           "strategy": strategy.name, "init": str(config.init),
           "source": {k: source_meta.get(k) for k in ("model", "selection")},
           "num_trainable": num_trainable,

@@ -70,7 +70,10 @@ def run(config, workdir) -> dict:
   dim = train[0].shape[1]
   results = {
       "stage": "probe", "task": dataset.task, "metric": metric,
-      "strategy": f"probe:{config.classifier}@{'+'.join(layers)}", "init": str(config.init),
+      # `label` names the layer set where it differs by model (e.g. "hybrid"), so one study's
+      # backbones share the report's columns.
+      "strategy": f"probe:{config.classifier}@{config.get('label') or '+'.join(layers)}",
+      "init": str(config.init),
       "model": meta.get("model"), "dataset": dataset.manifest.get("dataset"),
       "layers": layers, "dim": int(dim), "seed": int(config.seed),
       "num_trainable": int(fit["num_params"]), "num_test": int(len(test[1])),

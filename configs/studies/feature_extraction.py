@@ -75,10 +75,11 @@ def get_config(arg=None):
     steps.append(dict(
         step=f"probe_{name}", stage="probe", base="probe.py",
         axes=(("classifier", ("logistic", "mlp")), ("layers", ("embedding", hybrid)),
-              ("seed", seeds)),
+              ("label", ("embedding", "hybrid")), ("seed", seeds)),
+        zip=(("layers", "label"),),
         fixed=(("init", init), ("data.dir", task), ("data.clip_seconds", clip),
                ("embeddings_dir", f"@embed_{name}"), ("progress", False)),
-        name="{classifier}-{layers}-s{seed}", after=after))
+        name="{classifier}-{label}-s{seed}", after=after))
     steps.append(dict(
         step=f"finetune_{name}", stage="finetune", base=f"finetune.py:model={model}",
         axes=((":strategy", ("linear", "mlp", "partial:2", "full")),

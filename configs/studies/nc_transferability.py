@@ -83,7 +83,7 @@ def get_config(arg=None):
                     after=("finetune", "score")))
   c.steps = steps
   c.report = dict(
-      state_order=list(labels),
+      state_order=list(labels), state_steps=["source"],
       comparisons=[["speech-trained CNN vs scene-trained CNN", "cnn-speech", "dcase_cnn-scenes"],
                    ["CRNN vs CNN, both on speech", "crnn-speech", "cnn-speech"]],
       notes=["The paper reports |r| for LEEP / LogME / NC of 0.68 / 0.84 / 0.86 with a linear "
