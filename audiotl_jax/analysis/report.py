@@ -17,12 +17,15 @@ questions, the published comparison, scaling curves, and whether the transferabi
 ranked the states as fine-tuning did (correlations per task, with the sign flipped for
 lower-is-better scores so that a positive correlation always means "the score predicted well";
 the ranking harness per task and over all tasks). The sections are in `report_sections.py` and
-`report_scores.py`.
+`report_scores.py`; where the study exported embeddings (`audiotl score`), `layers.py` (scores
+and a linear probe across depth), `similarity.py` (CKA and parameter distance between states)
+and `projection.py` (2-D maps of the embeddings) add theirs.
 """
 from etils.epath import Path
 
 from audiotl_jax import fileio
-from audiotl_jax.analysis import files, report_scores, results, scaling
+from audiotl_jax.analysis import (files, layers, projection, report_scores, results, scaling,
+                                  similarity)
 from audiotl_jax.analysis import report_sections as sections
 from audiotl_jax.errors import UserError
 
@@ -88,6 +91,16 @@ def write(study: Path, *, num_resamples: int = 1000) -> Path:
   lines += scaling.section(study, s.df, s.tasks, s.strategies)
   lines += report_scores.transferability(s)
   lines += report_scores.ranking(s, num_resamples=num_resamples)
+  folders = similarity.score_folders(study)
+  if folders:
+    lines += layers.section(study)
+  if any((f / "embeddings").is_dir() for f in folders.values()):  # the exported embeddings
+    lines += similarity.section(study)
+    lines += projection.section(study)
+  if (study / "selection.md").exists():  # `audiotl study --select-by`
+    lines += ["## Score-guided selection", "", "Which states were fine-tuned, chosen by a "
+              "transferability score, with the regret and the compute saved: "
+              "[selection.md](selection.md).", ""]
   lines += ["## Reading it", "", sections.reading(s), ""]
   path = study / "report.md"
   fileio.write_text(path, "\n".join(lines))

@@ -14,7 +14,8 @@ import pandas as pd
 
 from audiotl_jax.analysis import plots, results, stats
 
-STATE_STAGES = ("pretrain", "init")  # rows that are states themselves, not runs from one
+# Rows that are states themselves, not runs from one ("source": study.json `state_steps`).
+STATE_STAGES = ("pretrain", "init", "source")
 
 
 @dataclasses.dataclass

@@ -15,7 +15,9 @@ algorithm among them) for tests and benchmarks.
 Modules: `nc` (NC score), `evidence` (LogME, classification and regression), `source` (LEEP
 and NCE, which read the source head), `h_score`, `bhattacharyya` (GBC), `coding_rate`
 (TransRate), `streaming` (chunked, sharded sufficient statistics), `reference`, `benchmark`
-(`audiotl bench --only scores`).
+(`audiotl bench --only scores`). Beside the scores, and not in `SCORES`: `probe` (a linear probe
+trained on one split, evaluated on another), `cka` (linear CKA between two representations of
+the same clips, full and minibatch) and `params` (cosine distance between states' parameters).
 
 `SCORES` maps each name to (function(x, labels), higher_is_better); `INPUTS` says what x is.
 `logme` is thuml/LogME's value, also for D > N where the official code leaves D - N
@@ -44,6 +46,9 @@ from audiotl_jax.scores.source import leep
 from audiotl_jax.scores.source import leep_core
 from audiotl_jax.scores.source import nce
 from audiotl_jax.scores.coding_rate import transrate
+from audiotl_jax.scores.cka import linear_cka
+from audiotl_jax.scores.cka import minibatch_cka
+from audiotl_jax.scores.probe import linear_probe
 
 
 def gbc_diagonal(features, labels):

@@ -2,8 +2,11 @@
 
 Output, per split, under the workdir: `<split>/<name>.npy` (float32, memory-mapped while written,
 one row per clip at its record index), `<split>/labels.npy` (class ids, or multi-hot rows, also
-memory-mapped), `<split>/ids.json`, and `<split>/metadata.json` (model, checkpoint, parameter
-count, layer shapes and pooling, frontend), written last so a folder with metadata is complete.
+memory-mapped), `<split>/ids.json`, `<split>/metadata.parquet` (one row per clip: `index`, the
+record index and row of every array; `clip_id`; `label`, the class id, or for a multi-label task
+the list of ids; `label_name`, likewise names; `split`) and `<split>/metadata.json` (model,
+checkpoint, parameter count, layer shapes and pooling, `model_outputs`: every output of the
+model in the order it makes them, frontend), written last so a folder with metadata is complete. (A split finished before metadata.parquet existed gets it when skipped.)
 
 Resuming: after every `flush_every` batches the memory maps are flushed and then
 `<split>/progress.json` records how many batches are done. A killed run started again continues
@@ -46,6 +49,7 @@ from audiotl_jax.train import mesh as mesh_lib
 from audiotl_jax.train.inference import POOLING, load_for_inference, output_name, resolve_layers
 
 LAYOUTS = ("npy", "hear")
+CLIPS = "metadata.parquet"  # the per-clip table of a split
 
 
 def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, out_dir: Path,
@@ -66,9 +70,15 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
   clip_seconds = clip_seconds or meta.get("clip_seconds") or dataset.manifest.get("clip_seconds")
   clip_samples = int(round(clip_seconds * dataset.sample_rate))
   frames = featurizer.feature_frames(fc, clip_samples)  # log-mel or AST's padded fbank frames
-  _, out_shapes = jax.eval_shape(
-      lambda: model.apply(jax.tree.map(jnp.asarray, variables),
-                          jnp.zeros((1, frames, fc.n_mels)), train=False))
+  created = []  # the model's outputs in the order it makes them: its depth order
+
+  def shapes():
+    logits, out = model.apply(jax.tree.map(jnp.asarray, variables),
+                              jnp.zeros((1, frames, fc.n_mels)), train=False)
+    created.extend(out)  # at trace time; the returned dict comes back with its keys sorted
+    return logits, out
+
+  _, out_shapes = jax.eval_shape(shapes)
   outputs = resolve_layers(layers, pooling, out_shapes, meta["model"])
 
   @jax.jit
@@ -93,6 +103,9 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
     split_dir = Path(out_dir) / split
     if finished[split] is not None:
       written[split] = finished[split]
+      if jax.process_index() == 0 and not (split_dir / CLIPS).exists():
+        _write_clips(split_dir, split, json.loads((split_dir / "ids.json").read_text()),
+                     finished[split].get("classes") or dataset.classes)
       print(f"embed: {split_dir} is complete; skipped")
       continue
     n = dataset.num_records(split)
@@ -104,12 +117,14 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
         "source": meta.get("selection"), "layers": {k: list(v) for k, v in files.items()},
         "pooling": {k: how for k, (_, how) in outputs.items()},
         "layer_of": {k: layer for k, (layer, _) in outputs.items()},
+        "model_outputs": created,
         "frontend": meta["frontend"], "norm": meta["norm"], "clip_seconds": clip_seconds,
         "dataset": str(dataset.path), "split": split, "num_clips": n, "task": dataset.task,
         "classes": dataset.classes, "layout": layout, "settings": settings[split],
     }
     if jax.process_index() == 0:
       fileio.write_json(split_dir / "ids.json", ids)
+      _write_clips(split_dir, split, ids, dataset.classes)
       if layout == "hear":
         _write_hear(Path(out_dir), split, list(files), ids, dataset.classes)
       fileio.write_json(split_dir / "metadata.json", meta_out, indent=2)
@@ -275,9 +290,36 @@ def _write_progress(split_dir: Path, state: dict) -> None:
   fileio.write_json(split_dir / "progress.json", state)
 
 
+def _class_names(classes) -> list[str]:
+  return [c["name"] if isinstance(c, dict) else str(c) for c in classes]
+
+
+def _write_clips(split_dir: Path, split: str, ids: list[str], classes) -> None:
+  """`<split>/metadata.parquet` from the written labels.npy, so an analysis groups and colours
+  the rows of the arrays without opening the prepared dataset."""
+  import pandas as pd  # only here: the rest of embed needs no pandas
+  labels = np.load(split_dir / "labels.npy", mmap_mode="r")
+  names = np.asarray(_class_names(classes), dtype=object)
+  if labels.ndim == 1:
+    label = np.asarray(labels, np.int64)
+    label_name = names[label]
+  else:  # multi-hot rows, read in blocks: AudioSet's are N x 527
+    label = []
+    for start in range(0, len(labels), 65536):
+      block = np.asarray(labels[start:start + 65536]) > 0
+      _, cols = np.nonzero(block)  # row-major: each row's ids together, in order
+      label += [c.tolist() for c in np.split(cols, np.cumsum(block.sum(axis=1))[:-1])]
+    label_name = [names[c].tolist() for c in label]
+  table = pd.DataFrame({"index": np.arange(len(ids), dtype=np.int64), "clip_id": ids,
+                        "label": label,
+                        "label_name": label_name, "split": split})
+  with fileio.atomic(split_dir / CLIPS, "wb") as f:
+    table.to_parquet(f, index=False)
+
+
 def _write_hear(out_dir: Path, split: str, names, ids, classes) -> None:
   labels = np.load(out_dir / split / "labels.npy", mmap_mode="r")
-  class_names = [c["name"] if isinstance(c, dict) else str(c) for c in classes]
+  class_names = _class_names(classes)
   stems = [i.replace("/", "__") for i in ids]
   if labels.ndim == 1:
     targets = {s: [class_names[int(y)]] for s, y in zip(stems, labels)}
