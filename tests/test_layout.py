@@ -24,7 +24,7 @@ ALLOWED = {
     "train": {"config", "data", "features", "models"},
     "scores": {"train"},            # streaming scores shard their chunks over train.mesh
     "analysis": {"scores"},
-    "launch": {"config", "train"},  # a sweep asks train.checkpoints which runs are finished
+    "launch": {"config"},  # plans read the runs' marker files: no JAX in a launcher
     "bench": {"config", "data", "features", "models", "train", "scores", "api"},
     "stages": {"config", "data", "features", "models", "train", "scores", "analysis", "launch",
                "bench"},
