@@ -321,3 +321,17 @@ def test_axis_range_floor():
   assert top - bottom >= 0.2 and bottom > 0
   assert plots.axis_range([0.6], [0.7], chance=0.5)[0] == 0.5
   assert plots.axis_range([0.01], [0.30])[0] == 0.0  # never below zero
+
+
+def test_score_guided_selection_in_hindsight_regret_and_compute(tmp_path):
+  """logme ranks cmds as full fine-tuning does (big first): regret 0; on scenes it picks big
+  where small is best: regret = mean(small) - mean(big). Each state's runs took 3 x 1.5 s."""
+  study = _study(tmp_path)
+  _scores(study, "cmds", {"big": 3.0, "small": 2.0, "scratch": 1.0}, via_config=True)
+  _scores(study, "scenes", {"big": 3.0, "small": 2.0, "scratch": 1.0}, via_config=True)
+  text = report.write(study, num_resamples=30).read_text()
+  part = text[text.index("## Score-guided selection, in hindsight"):]
+  assert "| cmds | full | logme | big | 0.000 | 9 s of 14 s (67 %) |" in part
+  assert "| cmds | full | nc_score | big | 0.000 |" in part  # lower-is-better, negated here
+  regret = np.mean(ACC[("scenes", "small", "full")]) - np.mean(ACC[("scenes", "big", "full")])
+  assert f"| scenes | full | logme | big | {regret:.3f} |" in part

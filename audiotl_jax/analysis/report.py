@@ -24,8 +24,8 @@ and `projection.py` (2-D maps of the embeddings) add theirs.
 from etils.epath import Path
 
 from audiotl_jax import fileio
-from audiotl_jax.analysis import (files, layers, projection, report_scores, results, scaling,
-                                  similarity)
+from audiotl_jax.analysis import (files, guided, layers, projection, report_scores, results,
+                                  scaling, similarity)
 from audiotl_jax.analysis import report_sections as sections
 from audiotl_jax.errors import UserError
 
@@ -91,6 +91,7 @@ def write(study: Path, *, num_resamples: int = 1000) -> Path:
   lines += scaling.section(study, s.df, s.tasks, s.strategies)
   lines += report_scores.transferability(s)
   lines += report_scores.ranking(s, num_resamples=num_resamples)
+  lines += guided.section(s)
   folders = similarity.score_folders(study)
   if folders:
     lines += layers.section(study)
