@@ -36,17 +36,23 @@ def parse_arg(arg: str | None, *, lazy: bool = False, **spec) -> ml_collections.
   out = ml_collections.ConfigDict(spec)
   if not arg:
     return out
+  # A dict in `spec` is a group of arguments given as `group.name=value` (a study's
+  # `data.audioset=/path`).
+  known = sorted(k for k, v in spec.items() if not isinstance(v, dict)) + sorted(
+      f"{k}.{n}" for k, v in spec.items() if isinstance(v, dict) for n in v)
   for part in arg.split(","):
     if not part:
       continue
     key, eq, value = part.partition("=")
-    if key not in spec and not lazy:
-      raise UserError(f"config argument {key!r} is not known; known: {', '.join(sorted(spec))}")
+    group, dot, name = key.partition(".")
+    node, leaf = (out[group], name) if dot and isinstance(spec.get(group), dict) else (out, key)
+    if key not in known and not lazy:
+      raise UserError(f"config argument {key!r} is not known; known: {', '.join(known)}")
     if not eq:
-      out[key] = True
+      node[leaf] = True
     else:
-      default = spec.get(key)
-      out[key] = _coerce(value, default, where=f"config argument {key!r}")
+      default = node.get(leaf)
+      node[leaf] = _coerce(value, default, where=f"config argument {key!r}")
   return out
 
 

@@ -155,3 +155,11 @@ def test_study_runs_end_to_end_at_test_scale(tmp_path, name, arg):
   assert code == 0 and not failed, failed
   report = (workdir / "report.md").read_text()
   assert "## Downstream" in report and (workdir / "results.parquet").exists()
+
+
+def test_real_data_roots_are_data_arguments(tmp_path):
+  runs = plan(tmp_path, "nc_transferability", "data.gtzan=/corpora/GTZAN,data.cough=/c/x.csv")
+  assert keys(runs["prepare_gtzan/gtzan"])["root"] == "/corpora/GTZAN"
+  assert keys(runs["prepare_cough/cough"])["root"] == "/c/x.csv"
+  with pytest.raises(Exception, match="'data.gtzn' is not known; known: .*data.gtzan"):
+    plan(tmp_path, "nc_transferability", "data.gtzn=/x")

@@ -3,7 +3,7 @@ classifier, frozen lower layers with the rest trained, a hybrid of several layer
 and full fine-tuning.
 
   audiotl study --config configs/studies/feature_extraction.py:vggish=/models/vggish-10086976.pth,\
-cnn14=/models/Cnn14_16k_mAP=0.438.pth,esc50=/data/ESC-50-master --workdir runs/recipes
+cnn14=/models/Cnn14_16k_mAP=0.438.pth,data.esc50=/data/ESC-50-master --workdir runs/recipes
   audiotl study --config configs/studies/feature_extraction.py:scale=test --workdir /tmp/fx
 
 Per backbone (`import_vggish/vggish`, `import_cnn14/cnn14`), on ESC-50 fold 1:
@@ -18,7 +18,8 @@ At `scale=test` no released weights exist: tiny variants pre-trained for a few s
 AudioSet stand in for them.
 
 Arguments after the colon: scale (full | test), vggish and cnn14 (the released .pth files;
-vggish_pca for VGGish's PCA parameters, optional), esc50 (raw root), seeds (`+`-separated).
+vggish_pca for VGGish's PCA parameters, optional), `data.esc50` (raw root), seeds
+(`+`-separated).
 """
 import ml_collections
 
@@ -34,14 +35,14 @@ TINY = {"vggish": ("vggish:tiny", "block3+block4+embedding"),
 
 def get_config(arg=None):
   arg = parse_arg(arg, scale="full", vggish="models/vggish-10086976.pth", vggish_pca="",
-                  cnn14="models/Cnn14_16k_mAP=0.438.pth", esc50="data/raw/ESC-50-master",
-                  seeds="0+1+2")
+                  cnn14="models/Cnn14_16k_mAP=0.438.pth",
+                  data=dict(esc50="data/raw/ESC-50-master"), seeds="0+1+2")
   test = arg.scale == "test"
   seeds = tuple(int(s) for s in arg.seeds.split("+"))
   backbones = TINY if test else BACKBONES
   c = ml_collections.ConfigDict()
   c.description = "feature extraction vs partial and full fine-tuning of VGGish and PANNs Cnn14"
-  roots = {"esc50": arg.esc50, **({"audioset": ""} if test else {})}
+  roots = {**arg.data.to_dict(), **({"audioset": ""} if test else {})}
   steps = common.data_steps(roots, test=test, clip_seconds=1.0 if test else None)
   if test:
     names, models = zip(*((k, m) for k, (m, _) in backbones.items()))

@@ -1,9 +1,9 @@
 r"""The neural-collapse transferability study: do NC score, LogME and LEEP, computed on a target
 task's training clips before any fine-tuning, predict how well each source model transfers?
 
-  audiotl study --config configs/studies/nc_transferability.py:dcase2018_t1=/data/TUT-urban-\
-acoustic-scenes-2018-development,speech_commands=/data/speech_commands_v0.02,gtzan=/data/gtzan,\
-cough=/data/cough/labels.csv --workdir runs/nc
+  audiotl study --config configs/studies/nc_transferability.py:data.dcase2018_task1=/data/TUT-\
+urban-acoustic-scenes-2018-development,data.speech_commands=/data/speech_commands_v0.02,\
+data.gtzan=/data/gtzan,data.cough=/data/cough/labels.csv --workdir runs/nc
   audiotl study --config configs/studies/nc_transferability.py:scale=test --workdir /tmp/nc
 
 Source states (`source/<label>`, each trained from scratch on its source task, full training):
@@ -16,8 +16,9 @@ probe and with full fine-tuning; NC score, LogME and LEEP on its training split 
 accuracy, with Pearson coefficients in the report. The paper reports |r| for LEEP / LogME / NC of
 0.68 / 0.84 / 0.86 with a linear probe and 0.61 / 0.83 / 0.85 fully fine-tuned.
 
-Arguments after the colon: scale (full | test), the raw roots dcase2018_t1, speech_commands,
-gtzan, cough (a CSV file), seeds (`+`-separated transfer seeds).
+Arguments after the colon: scale (full | test), the raw roots `data.dcase2018_task1`,
+`data.speech_commands`, `data.gtzan`, `data.cough` (a CSV file), seeds (`+`-separated transfer
+seeds).
 """
 import ml_collections
 
@@ -36,16 +37,14 @@ SOURCE_CLIP = {"dcase2018_task1": 10.0, "speech_commands": 1.0, "gtzan": 30.0}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, scale="full", dcase2018_t1="data/raw/dcase2018_task1",
-                  speech_commands="data/raw/speech_commands_v0.02", gtzan="data/raw/gtzan",
-                  cough="data/raw/cough/labels.csv", seeds="0+1+2")
+  arg = parse_arg(arg, scale="full", data=dict(
+      dcase2018_task1="data/raw/dcase2018_task1", speech_commands="data/raw/speech_commands_v0.02",
+      gtzan="data/raw/gtzan", cough="data/raw/cough/labels.csv"), seeds="0+1+2")
   test = arg.scale == "test"
   seeds = tuple(int(s) for s in arg.seeds.split("+"))
   c = ml_collections.ConfigDict()
   c.description = "neural-collapse transferability: source models -> binary cough detection"
-  roots = {"dcase2018_task1": arg.dcase2018_t1, "speech_commands": arg.speech_commands,
-           "gtzan": arg.gtzan, "cough": arg.cough}
-  steps = common.data_steps(roots, test=test, clip_seconds=1.0 if test else None)
+  steps = common.data_steps(arg.data.to_dict(), test=test, clip_seconds=1.0 if test else None)
   labels, families, sources, window_ms = zip(*SOURCES)
   variant = "tiny" if test else {"dcase_cnn": "base", "cnn": "S", "crnn": "S"}
   samples = tuple(16 * ms for ms in window_ms)  # 16 samples a millisecond at 16 kHz

@@ -1,9 +1,9 @@
 r"""The ontology / data-scale study (millinma/OntoTLAudio), as published: 14 pre-trained states of
 PANNs Cnn10, each fully fine-tuned on three tasks with three seeds (126 fine-tunings).
 
-  audiotl study --config configs/studies/ontology_scale.py:audioset=/data/audioset,\
-dcase2020=/data/TAU-urban-acoustic-scenes-2020-mobile-development,\
-speech_commands=/data/speech_commands_v0.02,dcase2018_t3=/data/dcase2018_task3 \
+  audiotl study --config configs/studies/ontology_scale.py:data.audioset=/data/audioset,\
+data.dcase2020_task1a=/data/TAU-urban-acoustic-scenes-2020-mobile-development,\
+data.speech_commands=/data/speech_commands_v0.02,data.dcase2018_task3=/data/dcase2018_task3 \
       --workdir runs/ontology_scale --launcher slurm
   audiotl study --config configs/studies/ontology_scale.py:scale=test --workdir /tmp/os  # seconds
 
@@ -20,9 +20,10 @@ from training. `legacy_validation=true` reproduces the published code's choice f
 instead (its evaluation split as the development set: optimistic; recorded in the prepared
 manifest).
 
-Arguments after the colon: scale (full | test), the raw dataset roots audioset,
-speech_commands, dcase2020, dcase2018_t3, split (AudioSet's training split), seeds (`+`-separated
-fine-tuning seeds), legacy_validation.
+Arguments after the colon: scale (full | test), the raw dataset roots `data.audioset`,
+`data.dcase2020_task1a`, `data.speech_commands`, `data.dcase2018_task3` (each in its published
+layout), split (AudioSet's training split), seeds (`+`-separated fine-tuning seeds),
+legacy_validation.
 """
 import ml_collections
 
@@ -54,17 +55,15 @@ PUBLISHED = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, scale="full", audioset="data/raw/audioset",
-                  speech_commands="data/raw/speech_commands_v0.02",
-                  dcase2020="data/raw/dcase2020_task1a", dcase2018_t3="data/raw/dcase2018_task3",
-                  split="unbalanced_train", seeds="1+2+3", legacy_validation=False)
+  arg = parse_arg(arg, scale="full", data=dict(
+      audioset="data/raw/audioset", dcase2020_task1a="data/raw/dcase2020_task1a",
+      speech_commands="data/raw/speech_commands_v0.02", dcase2018_task3="data/raw/dcase2018_task3"),
+      split="unbalanced_train", seeds="1+2+3", legacy_validation=False)
   test = arg.scale == "test"
   seeds = tuple(int(s) for s in arg.seeds.split("+"))
   c = ml_collections.ConfigDict()
   c.description = "ontology / data-scale transfer study of PANNs Cnn10 (OntoTLAudio)"
-  roots = {"audioset": arg.audioset, "dcase2020_task1a": arg.dcase2020,
-           "speech_commands": arg.speech_commands, "dcase2018_task3": arg.dcase2018_t3}
-  steps = common.data_steps(roots, test=test, clip_seconds=1.0 if test else None,
+  steps = common.data_steps(arg.data.to_dict(), test=test, clip_seconds=1.0 if test else None,
                             options=_reader_options(arg))
   model = "panns:tiny" if test else "panns:cnn10_autrainer"
   adam = (("optim.lr", 1e-3), ("optim.weight_decay", 0.0), ("optim.warmup_steps", 0.0),

@@ -3,7 +3,8 @@ AudioSet weights, transferred to ESC-50 (5-fold cross-validation) and Speech Com
 linear probe, full fine-tuning and every parameter-efficient strategy, plus a few-shot arm.
 
   audiotl study --config configs/studies/petl_ast.py:weights=/models/audioset_10_10_0.4593.pth,\
-esc50=/data/ESC-50-master,speech_commands=/data/speech_commands_v0.02 --workdir runs/petl_ast
+data.esc50=/data/ESC-50-master,data.speech_commands=/data/speech_commands_v0.02 \
+      --workdir runs/petl_ast
   audiotl study --config configs/studies/petl_ast.py:scale=test --workdir /tmp/petl
 
 The report lists, per strategy, its trainable-parameter count and accuracy (mean and interval
@@ -13,7 +14,7 @@ input lengths of the AST recipes (512 frames for ESC-50's 5 s clips, 128 for Spe
 exist: a tiny AST pre-trained for a few steps on synthetic AudioSet stands in for them.
 
 Arguments after the colon: scale (full | test), weights (the official .pth or a Hugging Face
-.safetensors), esc50 and speech_commands (raw roots), strategies (`+`-separated), seeds
+.safetensors), `data.esc50` and `data.speech_commands` (raw roots), strategies (`+`-separated), seeds
 (`+`-separated, for Speech Commands), few_shot (`+`-separated k per class, on ESC-50 fold 1),
 few_shot_strategies.
 """
@@ -27,8 +28,8 @@ STRATEGIES = ("linear", "full", "bitfit", "lora", "houlsby", "pfeiffer", "conv_a
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, scale="full", weights="models/audioset_10_10_0.4593.pth",
-                  esc50="data/raw/ESC-50-master", speech_commands="data/raw/speech_commands_v0.02",
+  arg = parse_arg(arg, scale="full", weights="models/audioset_10_10_0.4593.pth", data=dict(
+                  esc50="data/raw/ESC-50-master", speech_commands="data/raw/speech_commands_v0.02"),
                   strategies="+".join(STRATEGIES), seeds="0+1+2", few_shot="1+5+10",
                   few_shot_strategies="linear+lora+houlsby+full")
   test = arg.scale == "test"
@@ -37,7 +38,7 @@ def get_config(arg=None):
   folds = (1,) if test else (1, 2, 3, 4, 5)
   c = ml_collections.ConfigDict()
   c.description = "parameter-efficient transfer of AST (linear, full, every PETL strategy)"
-  roots = {"esc50": arg.esc50, "speech_commands": arg.speech_commands}
+  roots = arg.data.to_dict()
   if test:  # a stand-in for the released weights: a tiny AST, a few steps on synthetic AudioSet
     roots["audioset"] = ""
   steps = common.data_steps(roots, test=test, clip_seconds=1.0 if test else None,
