@@ -6,7 +6,7 @@ its result, so an interrupted demo picks up where it stopped:
   data/raw/            synthetic AudioSet + downstream tasks, in the published layouts
   data/audioset/       `prepare` output (ArrayRecord + manifest); likewise data/<downstream>/
   pretrain/<state>/    one pre-training run per state (+ `scratch`, the untrained baseline)
-  finetune/<state>-<strategy>/
+  finetune/<state>-<strategy>-s<seed>/   every state x strategy x seed
   score/               transferability scores of every state on the downstream training split
   report.md, *.png     the study's tables and plots
 """
@@ -69,30 +69,39 @@ def run(config, workdir: Path) -> Path:
     pretrain.run(cfg, states[state["name"]])
 
   # ---------------------------------------------------------------- fine-tuning
-  runs = [(name, strategy) for name in states for strategy in config.strategies]
-  for i, (name, strategy) in enumerate(runs):
-    print(f"demo: [4/6] fine-tune {name} with {strategy} ({i + 1}/{len(runs)})")
+  # Every seed draws its own few labelled clips and its own head initialisation: the spread
+  # over seeds is the spread a user with that little labelled data would see.
+  runs = [(name, strategy, seed) for name in states for strategy in config.strategies
+          for seed in config.seeds]
+  for i, (name, strategy, seed) in enumerate(runs):
+    print(f"demo: [4/6] fine-tune {name} with {strategy}, seed {seed} ({i + 1}/{len(runs)})")
     cfg = copy.deepcopy(config.finetune)
     with cfg.unlocked():
       cfg.init = str(states[name])
       cfg.strategy = strategy
+      cfg.seed = seed
+      cfg.data.seed = seed
       cfg.data.dir = str(workdir / "data" / config.downstream)
       cfg.optim.lr = config.finetune_lr[strategy]
-      cfg.num_epochs = config.finetune_epochs[strategy]
+      cfg.total_steps = config.finetune_steps[strategy]
       cfg.augment.specaugment = strategy != "linear"
       cfg.progress = config.progress
-    finetune.run(cfg, workdir / "finetune" / f"{name}-{strategy}")
+    finetune.run(cfg, workdir / "finetune" / f"{name}-{strategy}-s{seed}")
 
   # ---------------------------------------------------------------- scores
   print("demo: [5/6] transferability scores")
+  # Every block and the embedding, with a linear probe per layer: where in the network the
+  # transfer happens, and whether the scores see it (the report's layer-wise section).
   scoring.score(checkpoints=states, dataset_dir=workdir / "data" / config.downstream,
-                split=config.finetune.data.train_split, layer="embedding", scores=config.scores,
-                out_dir=workdir / "score", batch_size=config.finetune.batch_size,
+                split=config.finetune.data.train_split, layers=list(config.score_layers),
+                scores=config.scores, out_dir=workdir / "score",
+                batch_size=config.finetune.batch_size, probe="linear",
                 progress=config.progress)
 
   # ---------------------------------------------------------------- report
   print("demo: [6/6] report")
-  report.write_study(workdir, comparisons=[list(c) for c in config.comparisons])
+  report.write_study(workdir, comparisons=[list(c) for c in config.comparisons],
+                     notes=list(config.notes), state_order=[s["name"] for s in plan])
   path = report.write(workdir)
   print(f"demo: finished in {time.time() - t0:.0f} s. Report: {path}")
   return path

@@ -49,7 +49,7 @@ def get_config(arg=None):
     steps.append(dict(
         step="import", stage="pretrain", base="pretrain.py:runlocal",
         axes=(("label", names), ("model.name", models)), zip=(("label", "model.name"),),
-        fixed=(("data.dir", common.prepared("audioset")), ("total_steps", 2), ("batch_size", 4),
+        fixed=(("data.dir", common.prepared("audioset")), ("total_steps", 2), ("batch_size", 8),
                ("eval_every", 2), ("checkpoint_every", 2), ("frontend.norm_batches", 1),
                ("progress", False)),
         name="{label}", after=(common.step_of("audioset"),)))
@@ -61,7 +61,7 @@ def get_config(arg=None):
                               "--workdir", f"{{study}}/import_{name}/{name}")))
   task = common.prepared("esc50_fold1")
   clip = 1.0 if test else 5.0
-  short = {"total_steps": 2, "batch_size": 4, "frontend.norm_batches": 1} if test else {}
+  short = {"total_steps": 2, "batch_size": 8, "frontend.norm_batches": 1} if test else {}
   for name, (model, hybrid) in backbones.items():
     # test: one state per backbone from the shared `import` step
     init = f"{{study}}/import/{name}" if test else f"{{study}}/import_{name}/{name}"
