@@ -188,3 +188,14 @@ def test_layer_table_for_each_family(tmp_path, names):
   assert "rho 0.80" in a[2]  # -nc rises over depth; the probe's ranks are (1, 2, 4, 3)
   assert (tmp_path / "layers.png").stat().st_size > 0
   assert "for 3 of 4 (state, score) pairs" in "\n".join(lines)
+
+
+def test_best_layer_ties_and_layer_independent_scores():
+  from audiotl_jax.analysis import layers as layers_lib
+  names = ["block1", "block2", "block3"]
+  curve = {layers_lib.PROBE: np.array([0.8, 1.0, 1.0]), "logme": np.array([0.1, 0.2, 0.3]),
+           "nc_score": np.array([0.3, 0.2, 0.1]), "leep": np.array([-2.2, -2.2, -2.2])}
+  best = layers_lib.best_layers(curve, names)
+  assert best["logme"]["layer"] == "block3" and best["logme"]["agrees"]  # tied with block2
+  assert best["nc_score"]["layer"] == "block1" and not best["nc_score"]["agrees"]
+  assert best["leep"]["layer"] is None  # reads the source head: no best layer

@@ -47,17 +47,23 @@ def curves(data: dict, layers: list[str]) -> dict:
 
 def best_layers(curve: dict, layers: list[str]) -> dict:
   """Per panel of one state: the best layer (the first of ties), and for scores, whether it is
-  the probe's and the Spearman correlation with the probe over layers."""
+  one of the probe's best layers (ties count: a probe at 1.0 on three layers has three) and the
+  Spearman correlation with the probe over layers. A score equal at every layer (LEEP and NCE
+  read the source head, not the layer) has no best layer."""
   out = {}
   probe = curve.get(PROBE)
   for name, values in curve.items():
     if np.isnan(values).all():
       continue
+    if name != PROBE and np.nanmax(values) == np.nanmin(values):
+      out[name] = {"layer": None}
+      continue
     best = layers[int(np.nanargmax(values))]
     out[name] = {"layer": best}
     if probe is not None and name != PROBE and not np.isnan(probe).all():
       ok = np.isfinite(values) & np.isfinite(probe)
-      out[name]["agrees"] = best == layers[int(np.nanargmax(probe))]
+      at_best = probe[layers.index(best)]
+      out[name]["agrees"] = bool(np.isfinite(at_best) and at_best >= np.nanmax(probe))
       out[name]["spearman"] = correlations(values[ok], probe[ok], ("spearman",))["spearman"]
   return out
 
@@ -146,6 +152,8 @@ def _table(data: dict, layers: list[str], states: list[str]) -> list[str]:
       b = best.get(s)
       if not b:
         cells.append("n/a")
+      elif b["layer"] is None:
+        cells.append("same at every layer")
       elif "agrees" in b:
         agree, total = agree + b["agrees"], total + 1
         cells.append(f"`{b['layer']}` ({'agrees' if b['agrees'] else 'differs'}), "
