@@ -335,3 +335,28 @@ def test_score_guided_selection_in_hindsight_regret_and_compute(tmp_path):
   assert "| cmds | full | nc_score | big | 0.000 |" in part  # lower-is-better, negated here
   regret = np.mean(ACC[("scenes", "small", "full")]) - np.mean(ACC[("scenes", "big", "full")])
   assert f"| scenes | full | logme | big | {regret:.3f} |" in part
+
+
+def test_detection_task_scores_are_also_set_against_accuracy(tmp_path):
+  """A binary task's main metric is AUROC; the scores are correlated with accuracy too. Here the
+  score orders the states as accuracy does and opposite to AUROC."""
+  study = tmp_path / "s"
+  auroc = {"a": 0.9, "b": 0.8, "c": 0.7}
+  acc = {"a": 0.6, "b": 0.7, "c": 0.8}
+  i = 0
+  for state in auroc:
+    _write(study / "pretrain" / state, {"stage": "pretrain", "subset": "Music", "fraction": 1.0,
+                                        "num_classes": 5, "val": {"mAP": 0.5}})
+    for seed in (1, 2):
+      _write(study / "finetune" / f"r{i}", {
+          "stage": "finetune", "task": "binary", "metric": "auroc", "strategy": "full",
+          "init": str(study / "pretrain" / state), "num_test": 20,
+          "test": {"auroc": auroc[state] + seed / 100, "accuracy": acc[state] + seed / 100}},
+          {"seed": seed, "data": {"dir": "/d/prepare_cough/cough"}})
+      i += 1
+  _scores(study, "cough", {"a": 1.0, "b": 2.0, "c": 3.0}, via_config=True)
+  text = report.write(study, num_resamples=20).read_text()
+  part = text[text.index("Against test accuracy"):]
+  assert "| logme | full | 3 | 1.000 | 1.000 |" in part
+  main = text[text.index("### Task `cough`"):text.index("Against test accuracy")]
+  assert "| logme | full | 3 | -1.000 | -1.000 |" in main

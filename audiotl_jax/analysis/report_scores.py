@@ -68,11 +68,38 @@ def transferability(s) -> list[str]:
                      f"{stats.fmt(c['kendall'], 3)} |")
       if panel["points"]:
         panels.append(panel)
+    lines += _against_accuracy(s, task, scores_json, rows)
     lines.append("")
   if panels:
     lines += ["![scores against results](scores.png)", ""]
     plots.plot_scores(s.path / "scores.png", panels, s.tuned, s.strategies)
   return lines
+
+
+def _against_accuracy(s, task: str, scores_json: dict, rows: dict) -> list[str]:
+  """A detection task's main metric is AUROC; studies (the NC-score paper) also report the
+  scores against accuracy, which its runs record beside it: the same correlations on that."""
+  if s.facts[task]["metric"] == "accuracy":
+    return []
+  fine = results.finetune(s.df)
+  fine = fine[fine["task"] == task]
+  if "test_accuracy" not in fine or fine["test_accuracy"].isna().all():
+    return []
+  means = fine.groupby(["state", "strategy"])["test_accuracy"].mean().to_dict()
+  out = ["", "Against test accuracy (the decision at logit 0, or the argmax):", "",
+         "| score | strategy | states | Pearson | Kendall |", "|---|---|---|---|---|"]
+  for name in scores_json["scores"]:
+    sign = files.score_sign(scores_json, name)
+    for k in s.strategies:
+      states = [n for n in s.states if n in rows and (n, k) in means
+                and rows[n].get(name) is not None]
+      if not states:
+        continue
+      c = stats.correlations([sign * rows[n][name] for n in states],
+                             [means[(n, k)] for n in states], ("pearson", "kendall"))
+      out.append(f"| {name} | {k} | {len(states)} | {stats.fmt(c['pearson'], 3)} | "
+                 f"{stats.fmt(c['kendall'], 3)} |")
+  return out
 
 
 def ranking(s, *, num_resamples: int = 1000) -> list[str]:
