@@ -24,7 +24,7 @@ def section(s, *, top_k: int = 1) -> list[str]:
   got = report_scores.scored(s)
   out = []
   for task, scores_json in got:
-    layer, rows = report_scores._rows(scores_json)  # pylint: disable=protected-access
+    layer, rows = report_scores.first_layer_rows(scores_json)
     for strategy in s.strategies:
       means = {n: s.cells[(task, n, strategy)]["mean"] for n in s.states
                if (task, n, strategy) in s.cells and n in rows}

@@ -21,7 +21,7 @@ def scored(s) -> list[tuple[str, dict]]:
   return out
 
 
-def _rows(scores_json: dict) -> tuple[str, dict]:
+def first_layer_rows(scores_json: dict) -> tuple[str, dict]:
   """The first scored layer's rows by state. One layer per table: with several scored layers,
   keying by state alone would silently keep the last; ranking/ covers every layer."""
   layer = scores_json["rows"][0].get("layer")
@@ -39,7 +39,7 @@ def transferability(s) -> list[str]:
            "score ranked well).", ""]
   panels = []
   for task, scores_json in got:
-    layer, rows = _rows(scores_json)
+    layer, rows = first_layer_rows(scores_json)
     names = list(scores_json["scores"])
     facts = s.facts[task]
     lines += [f"### Task `{task}`", "", f"Layer `{layer}` (every scored layer is in "

@@ -41,14 +41,15 @@ FULL_CKA_BYTES = 1 << 30  # both matrices of a pair under this: the full form, i
 
 # ------------------------------------------------------------------------- the study's files
 def score_folders(study) -> dict[str, Path]:
-  """{task: folder holding scores.json}: `score/` (the task named after its dataset), or
-  `score/<task>/` for each downstream task of a study scored on several."""
+  """{task: folder holding scores.json} of the study's `score` step: `score/`, or `score/<task>/`
+  for each downstream task of a study scored on several; the task as `files.scores_task` reads
+  it from the folder (else the folder's name), as the report's score sections name it."""
   study = fileio.path(study)
-  out = {p.parent.name: p.parent for p in sorted(study.glob(f"score/*/{files.SCORES}"))}
-  if (study / "score" / files.SCORES).exists():
-    metas = sorted((study / "score").glob("embeddings/*/*/metadata.json"))
-    name = Path(json.loads(metas[0].read_text())["dataset"]).name if metas else "downstream"
-    out = {name: study / "score", **out}
+  out = {}
+  for path in files.score_files(study):
+    if path.parent != study / "score" and path.parent.parent != study / "score":
+      continue  # e.g. a guided study's select/<task>/: the same states, scored for choosing
+    out[files.scores_task(path) or path.parent.name] = path.parent
   return out
 
 

@@ -77,11 +77,17 @@ def _summary(runs: list, seconds: float) -> None:
            ("finished", "failed", "done", "excluded")}
   print(f"sweep: {count['finished']} finished, {count['failed']} failed, {count['done']} skipped "
         f"(already done), {count['excluded']} excluded, in {clock(seconds)}")
+  run_table(runs, "log", lambda r: r.log or "", status_width=9)
+
+
+def run_table(runs: list, last: str, detail, *, status_width: int) -> None:
+  """The per-run table a sweep and a study print at the end: name, status, seconds and
+  `detail(run)` under the heading `last`."""
   width = max(len(r.name) for r in runs)
-  print(f"  {'run':<{width}}  {'status':<9} {'seconds':>8}  log")
+  print(f"  {'run':<{width}}  {'status':<{status_width}} {'seconds':>8}  {last}")
   for r in runs:
     secs = f"{r.seconds:.0f}" if r.seconds is not None else "-"
-    print(f"  {r.name:<{width}}  {r.status:<9} {secs:>8}  {r.log or ''}")
+    print(f"  {r.name:<{width}}  {r.status:<{status_width}} {secs:>8}  {detail(r)}")
 
 
 def _array_cases(todo: list) -> str:

@@ -13,7 +13,7 @@ from audiotl_jax import config as config_lib
 from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.launch import sweep
 
-CONFIG_STAGES = ("prepare", "pretrain", "finetune", "embed", "score", "probe")
+CONFIG_STAGES = sweep.STAGES  # the stages a sweep expands: one config file each
 FLAG_STAGES = ("synthetic", "import", "report")  # steps that take `args`: one run each
 FIELDS = ("description", "steps", "report", "selection", "slurm")
 STEP_FIELDS = ("step", "stage", "base", "axes", "zip", "fixed", "name", "args", "after",

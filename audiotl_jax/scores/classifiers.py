@@ -20,10 +20,10 @@ def select_l2(train, val, test, *, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> dict:
   stronger penalty), then the test split with it. `train`, `val`, `test`: (features, labels)."""
   if not grid:
     raise ValueError("the L2 grid is empty")
-  scored = [(probe_lib.linear_probe(*train, *val, l2=float(l2))["accuracy"], float(l2))
-            for l2 in grid]
-  best_acc, best_l2 = max(scored, key=lambda t: (t[0], t[1]))
-  val_metrics = probe_lib.linear_probe(*train, *val, l2=best_l2)
+  on_val = {float(l2): probe_lib.linear_probe(*train, *val, l2=float(l2)) for l2 in grid}
+  scored = [(m["accuracy"], l2) for l2, m in on_val.items()]
+  _, best_l2 = max(scored, key=lambda t: (t[0], t[1]))
+  val_metrics = on_val[best_l2]
   test_metrics = probe_lib.linear_probe(*train, *test, l2=best_l2)
   classes = len(np.unique(train[1]))
   return {"val": val_metrics, "test": test_metrics, "chosen": {"l2": best_l2,

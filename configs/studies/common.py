@@ -63,3 +63,17 @@ def data_steps(roots: dict, *, test: bool, clip_seconds: float | None = None, op
                       zip=(tuple(k for k, _ in axes),) if len(axes) > 1 else (),
                       fixed=tuple(fixed), name="{label}", after=("data",) if test else ()))
   return steps
+
+
+def stand_in_step(models: dict) -> dict:
+  """scale=test has no released weights: step `import` pre-trains a tiny stand-in per
+  {label: model} for a few steps on synthetic AudioSet, at `{study}/import/<label>`. The model
+  is the pretrain config's argument, so each family gets its own frontend (fbank for AST)."""
+  labels, names = zip(*models.items())
+  return dict(
+      step="import", stage="pretrain", base="pretrain.py:runlocal",
+      axes=(("label", labels), (":model", names)), zip=(("label", ":model"),),
+      fixed=(("data.dir", prepared("audioset")), ("total_steps", 2), ("batch_size", 8),
+             ("eval_every", 2), ("checkpoint_every", 2), ("frontend.norm_batches", 1),
+             ("progress", False)),
+      name="{label}", after=(step_of("audioset"),))
