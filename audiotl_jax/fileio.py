@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import secrets
+import socket
 
 from etils import epath
 
@@ -121,3 +122,27 @@ def write_json(target, obj, **dumps_kwargs) -> epath.Path:
 
 def read_json(source):
   return json.loads(path(source).read_text())
+
+
+def holder_alive(holder: dict) -> bool:
+  """Is the process a workdir's lock or a study's record names (`host`, `pid`) alive?
+
+  Another host's process cannot be looked at: it is taken as alive. A zombie (exited, not yet
+  reaped: an orphan under a container's PID 1 that never reaps, or one killed a moment ago) is
+  not: it does no work and will never release anything."""
+  pid = holder.get("pid")
+  if not pid:
+    return False
+  if holder.get("host") != socket.gethostname():
+    return True
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # alive, another user's
+  try:  # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces and parentheses
+    state = pathlib.Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+  except (OSError, IndexError):
+    return True  # no /proc (macOS): as before, the signal test decides
+  return state not in ("Z", "X")

@@ -464,3 +464,38 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
   capsys.readouterr()
   assert main_lib.main(["study", "--config", TINY, "--workdir", str(w)]) == 0
   assert "study: 11 done" in capsys.readouterr().out
+
+
+def test_a_sigkilled_study_resumes_without_redoing_finished_runs(tmp_path):
+  """The study process itself killed with SIGKILL at a random run: study_state.json and the
+  runs' markers stay true, and the same command finishes the rest, running nothing twice."""
+  import random
+  import signal
+  w = tmp_path / "w"
+  script, calls = tmp_path / "fake_stage.py", tmp_path / "calls.txt"
+  # The stand-in stage, slowed so the kill lands while a run is in flight.
+  script.write_text("import time; time.sleep(0.3)\n" + FAKE_STAGE)
+  calls.write_text("")
+  driver = (f"import sys; from audiotl_jax.launch import study; sys.exit(study.run("
+            f"{TINY!r}, {str(w)!r}, executable=[sys.executable, {str(script)!r}, "
+            f"{str(calls)!r}, '']))")
+  proc = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  target = random.Random().randint(2, len(NAMES) - 2)  # runs started before the kill
+  deadline = time.time() + 120
+  while len(calls.read_text().splitlines()) < target and time.time() < deadline:
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGKILL)  # the study and its in-flight stage, no clean-up
+  proc.wait()
+  started = calls.read_text().splitlines()
+  finished = [d for d in started if any(Path(d, m).exists() for m in (
+      "results.json", "manifest.json", ".synthetic.json", "scores.json", "report.md"))]
+  assert 0 < len(finished) < len(NAMES)
+
+  calls.write_text("")
+  code = study_lib.run(TINY, w, executable=[sys.executable, str(script), str(calls), ""])
+  rerun = calls.read_text().splitlines()
+  assert code == 0
+  assert not set(rerun) & set(finished)  # nothing finished before the kill ran again
+  by_dir = {r["workdir"]: r["name"] for r in json.loads((w / "plan.json").read_text())}
+  assert sorted(by_dir[d] for d in finished + rerun) == sorted(NAMES)

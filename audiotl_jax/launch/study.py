@@ -154,21 +154,7 @@ def _live(run, entry: dict) -> bool:
       holders.append(json.loads(lock.read_text() or "{}"))
     except (OSError, ValueError):
       pass
-  return any(_alive(h) for h in holders if isinstance(h, dict))
-
-
-def _alive(holder: dict) -> bool:
-  if not holder.get("pid"):
-    return False
-  if holder.get("host") != socket.gethostname():
-    return True  # another host's process cannot be looked at: as train/lock.py, taken as alive
-  try:
-    os.kill(int(holder["pid"]), 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass
-  return True
+  return any(fileio.holder_alive(h) for h in holders if isinstance(h, dict))
 
 
 # ------------------------------------------------------------------ records
@@ -271,9 +257,6 @@ def _summary(runs: list, seconds: float) -> None:
            ("finished", "failed", "blocked", "done", "not_selected", "excluded", "running")}
   print("study: " + ", ".join(f"{n} {s}" for s, n in count.items() if n) +
         f", in {launchers.clock(seconds)}")
-  width = max(len(r.name) for r in runs)
-  print(f"  {'run':<{width}}  {'status':<12} {'seconds':>8}  log / blocked by")
-  for r in runs:
-    secs = f"{r.seconds:.0f}" if r.seconds is not None else "-"
-    print(f"  {r.name:<{width}}  {r.status:<12} {secs:>8}  {r.log or r.blocked_by or ''}")
+  launchers.run_table(runs, "log / blocked by", lambda r: r.log or r.blocked_by or "",
+                      status_width=12)
   sys.stdout.flush()

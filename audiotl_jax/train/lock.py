@@ -144,20 +144,10 @@ def _same_file(path: Path, fd: int) -> bool:
 def _dead(holder: dict) -> bool:
   """Does the lock file name no live holder? (An empty file names none.) Another host's process
   cannot be looked at: it is taken to be alive."""
-  if not holder.get("pid"):
-    return True
-  if holder.get("host") != socket.gethostname():
-    return False
-  pid = int(holder["pid"])
-  if pid == os.getpid():
+  if holder.get("pid") and holder.get("host") == socket.gethostname() and int(
+      holder["pid"]) == os.getpid():
     return True  # our own, from a run of this process that ended without releasing it
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return True
-  except PermissionError:
-    pass  # alive, another user's
-  return False
+  return not fileio.holder_alive(holder)
 
 
 def _refusal(path: Path, holder: dict) -> UserError:
