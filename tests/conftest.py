@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 # Tests compile the same small programs many times over (each run builds its own jit); a
 # per-session persistent cache makes every repeat a file read.
 os.environ["AUDIOTL_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="audiotl-xla-")  # CLI tests too.
+os.environ["AUDIOTL_MEL_CACHE"] = tempfile.mkdtemp(prefix="audiotl-mel-")
 jax.config.update("jax_compilation_cache_dir", os.environ["AUDIOTL_COMPILATION_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

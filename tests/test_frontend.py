@@ -56,6 +56,39 @@ def test_log_mel_matches_librosa(sample_rate, n_fft, hop_length, n_mels, fmin, f
   np.testing.assert_array_equal(ours[3], -100.0)
 
 
+def test_window_and_filterbank_are_librosas_and_survive_a_damaged_disk_cache(tmp_path,
+                                                                             monkeypatch):
+  from audiotl_jax.features import logmel
+  for n in (256, 400, 1024):
+    np.testing.assert_allclose(logmel.hann(n), librosa.filters.get_window("hann", n, fftbins=True),
+                               atol=1e-15)
+  monkeypatch.setenv("AUDIOTL_MEL_CACHE", str(tmp_path / "mel"))
+  want = librosa.filters.mel(sr=16000, n_fft=400, n_mels=40, fmin=50.0, fmax=7000.0,
+                             norm="slaney", dtype=np.float64)
+
+  def bank():
+    logmel._mel_filterbank.cache_clear()  # the in-memory cache; the disk one stays
+    return logmel._mel_filterbank(16000, 400, 40, 50.0, 7000.0)
+
+  np.testing.assert_array_equal(bank(), want)  # made by librosa, then written
+  (cached,) = (tmp_path / "mel").glob("*.npy")
+  np.testing.assert_array_equal(np.load(cached), want)
+  np.save(cached, np.zeros((40, 201)))  # read back from the disk, not librosa
+  assert not bank().any()
+  cached.write_bytes(cached.read_bytes()[:100])  # truncated: made again, rewritten
+  np.testing.assert_array_equal(bank(), want)
+  np.testing.assert_array_equal(np.load(cached), want)
+  cached.unlink()
+
+  def disk_full(*_):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(logmel.fileio, "write_bytes", disk_full)  # still librosa's numbers
+  np.testing.assert_array_equal(bank(), want)
+  assert not cached.exists()
+  logmel._mel_filterbank.cache_clear()
+
+
 def test_log_mel_dtypes_and_shapes():
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 1000)), jnp.bfloat16)
   out = frontend.log_mel(x, 16000, 400, 160, 40)

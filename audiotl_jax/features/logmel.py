@@ -11,13 +11,18 @@ References:
     `librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0, top_db=None)`.
 """
 import functools
+import io
 import math
+import os
+from importlib import metadata
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import librosa
 import numpy as np
 
+from audiotl_jax import fileio
 from audiotl_jax.errors import UserError
 from audiotl_jax.features import framing
 
@@ -79,7 +84,7 @@ def log_mel(waveforms: jax.Array, sample_rate: int, n_fft: int, hop_length: int,
   padded = jnp.pad(waveforms.astype(dtype), ((0, 0), (n_fft // 2, 0)))
   frames = framing.frame_signal(padded, frame_length=n_fft, hop_length=hop_length,
                                 num_frames=num_frames(waveforms.shape[1], hop_length))
-  window = librosa.filters.get_window("hann", n_fft, fftbins=True)  # periodic, like librosa.stft
+  window = hann(n_fft)
   # jnp.fft.rfft lowers to one batched FFT (ducc on CPU, cuFFT on GPU): O(n log n) and, in
   # float32, within ~1e-4 dB of librosa's float64 FFT (measured), well inside the 1e-3 dB
   # target. A DFT matmul would keep TPU matrix units busy but costs O(n^2), and at the default
@@ -94,12 +99,39 @@ def log_mel(waveforms: jax.Array, sample_rate: int, n_fft: int, hop_length: int,
   return 10.0 * jnp.log10(jnp.maximum(mel, _AMIN))
 
 
+def hann(n: int) -> np.ndarray:
+  """The periodic Hann window librosa.stft uses (`get_window("hann", n, fftbins=True)`)."""
+  return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
 @functools.lru_cache(maxsize=32)
 def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
                     fmax: float | None) -> np.ndarray:
-  """librosa's Slaney mel filterbank, (n_mels, 1 + n_fft // 2) float64, cached across traces."""
-  bank = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                             htk=False, norm="slaney", dtype=np.float64)
+  """librosa's Slaney mel filterbank, (n_mels, 1 + n_fft // 2) float64.
+
+  Cached across traces, and across runs in ~/.cache/audiotl/mel (AUDIOTL_MEL_CACHE; empty: off):
+  librosa.filters loads scipy.signal, about half a second of every run's start-up otherwise.
+  """
+  args = f"{sample_rate}-{n_fft}-{n_mels}-{fmin!r}-{fmax!r}-librosa{metadata.version('librosa')}"
+  root = os.environ.get("AUDIOTL_MEL_CACHE", str(Path.home() / ".cache" / "audiotl" / "mel"))
+  cached = Path(root) / f"{args}.npy" if root else None
+  bank = None
+  if cached is not None and cached.exists():
+    try:
+      bank = np.load(cached)
+    except (OSError, ValueError):  # damaged: made again below
+      bank = None
+  if bank is None or bank.shape != (n_mels, 1 + n_fft // 2):
+    bank = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                               htk=False, norm="slaney", dtype=np.float64)
+    if cached is not None:
+      buf = io.BytesIO()
+      np.save(buf, bank)
+      try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fileio.write_bytes(cached, buf.getvalue())
+      except OSError:  # a read-only or full disk costs the import next time, nothing else
+        pass
   bank.setflags(write=False)  # shared through the cache
   return bank
 

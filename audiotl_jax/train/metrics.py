@@ -9,17 +9,19 @@ import math
 import os
 import pathlib
 import shutil
+import statistics
 import tempfile
 import time
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 from audiotl_jax import fileio
 
 
 def multilabel(scores: np.ndarray, targets: np.ndarray) -> dict:
+  # Imported here: scikit-learn (and the pandas it loads) costs ~0.5 s of every run's start-up,
+  # and a single-label fine-tuning never needs it.
+  from sklearn import metrics as skm
   targets = (targets > 0.5).astype(np.int32)
   pos = targets.sum(0)
   valid = (pos > 0) & (pos < len(targets))
@@ -37,7 +39,7 @@ def multilabel(scores: np.ndarray, targets: np.ndarray) -> dict:
 
 
 def dprime(auc: float) -> float:
-  return float(math.sqrt(2.0) * stats.norm.ppf(min(max(auc, 1e-6), 1 - 1e-6)))
+  return float(math.sqrt(2.0) * statistics.NormalDist().inv_cdf(min(max(auc, 1e-6), 1 - 1e-6)))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -52,6 +54,7 @@ def binary_auroc(logits: np.ndarray, labels: np.ndarray) -> dict:
   accuracy = float(np.mean(decision == labels)) if len(labels) else float("nan")
   if len(np.unique(labels)) < 2:
     return {"auroc": float("nan"), "accuracy": accuracy}
+  from sklearn import metrics as skm
   return {"auroc": float(skm.roc_auc_score(labels, score)), "accuracy": accuracy}
 
 
