@@ -62,7 +62,7 @@ def _steps(dataset, process_index: int, process_count: int, ckpt: Path | None = 
       num_classes=dataset.num_classes, target="multihot"), shardings, mesh)
   it, losses = batches(), []
   for _ in range(STEPS):
-    state, m = step(state, mesh_lib.to_global(next(it), mesh))
+    state, m = step(state, mesh_lib.to_global(next(it), mesh), steps.norm_on_mesh({"mean": -30.0, "std": 15.0}, mesh))
     losses.append(float(m["loss"]))
   # The probe as a batch: each process feeds its own rows, as in evaluation.
   rows = BATCH // process_count

@@ -132,15 +132,15 @@ def test_sigterm_in_process_saves_and_restores_the_old_handler(prepared, tmp_pat
 def fail_at_step_3(monkeypatch):
   """The train step fails at step 3, right after the save at step 2: by diverging (the flag the
   step reports) or by raising (a lost device, a bug)."""
-  from audiotl_jax.train import step as step_lib
-  jit = step_lib.jit_train_step
+  from audiotl_jax.train import aot
+  get = aot.Ahead.get
   how = {}
 
-  def patched(*args, **kwargs):
-    step = jit(*args, **kwargs)
+  def patched(self):
+    step = get(self)  # the compiled train step the loop runs
 
-    def failing(state, batch):
-      state, m = step(state, batch)
+    def failing(state, batch, norm):
+      state, m = step(state, batch, norm)
       if int(state.step) == 3:
         if how["kind"] == "error":
           raise RuntimeError("device lost at step 3")
@@ -148,7 +148,7 @@ def fail_at_step_3(monkeypatch):
       return state, m
     return failing
 
-  monkeypatch.setattr(step_lib, "jit_train_step", patched)
+  monkeypatch.setattr(aot.Ahead, "get", patched)
   return how
 
 

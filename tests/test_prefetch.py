@@ -77,7 +77,7 @@ def _finite(tx, params):
   state = TrainState(step=jnp.int32(0), params=params, batch_stats={},
                      opt_state=tx.init(params), rng=jax.random.key(0))
   batch = {"audio": jnp.ones((2, 4), jnp.int16), "label": jnp.zeros((2, 3))}
-  new, m = jax.jit(step)(state, batch)
+  new, m = jax.jit(step)(state, batch, None)
   return bool(m["finite"]), new
 
 

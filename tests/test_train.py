@@ -33,9 +33,10 @@ def _run_steps(num_devices, batch, num_steps=2):
   step = steps.jit_train_step(steps.make_train_step(
       model, featurize, tx, loss_fn=steps.bce_loss, augment=common.augment(mixup_alpha=0.0),
       num_classes=5, target="multihot"), shardings, mesh)
+  norm = steps.norm_on_mesh({"mean": -30.0, "std": 15.0}, mesh)
   losses = []
   for _ in range(num_steps):
-    state, m = step(state, mesh_lib.to_global(batch, mesh))
+    state, m = step(state, mesh_lib.to_global(batch, mesh), norm)
     losses.append(float(m["loss"]))
   return losses, jax.device_get(state), step
 
@@ -54,6 +55,31 @@ def test_sharded_step_matches_single_device(devices):
 def test_train_step_compiles_once(devices):
   _, _, step = _run_steps(8, _batch(np.random.default_rng(1)), num_steps=3)
   assert step._cache_size() == 1
+
+
+def test_runs_whose_feature_statistics_differ_compile_one_train_step(prepared, tmp_path,
+                                                                     monkeypatch):
+  """The statistics are an argument of the step, not constants in it: two runs on different
+  draws of the data (so different statistics) lower to the same program, which the persistent
+  compilation cache then serves to the second (a sweep's runs all differ this way)."""
+  import hashlib
+  from audiotl_jax.stages import pretrain
+  from audiotl_jax.train import aot
+  programs, init = [], aot.Ahead.__init__
+
+  def recording(self, jitted, *args):
+    programs.append(hashlib.sha256(jitted.lower(*args).as_text().encode()).hexdigest())
+    init(self, jitted, *args)
+
+  monkeypatch.setattr(aot.Ahead, "__init__", recording)
+  norms = []
+  for seed in (0, 1):
+    config = tiny_pretrain_config(prepared["audioset"], total_steps=2, **{"data.seed": seed})
+    pretrain.run(config, tmp_path / str(seed))
+    _, meta, _ = checkpointing.load_model(tmp_path / str(seed))
+    norms.append(meta["norm"])
+  assert norms[0] != norms[1]
+  assert len(programs) == 2 and programs[0] == programs[1]
 
 
 def test_pretrain_resume_matches_uninterrupted(prepared, tmp_path):

@@ -114,9 +114,10 @@ def time_train_step(model, fc, norm, data, mesh, defaults, *, frames: int,
   g = mesh_lib.to_global(data, mesh)
   holder = {"state": state}
   del state  # The holder owns it: each step donates and replaces it.
+  norm_arg = steps.norm_on_mesh(norm, mesh)
 
   def run():
-    holder["state"], m = step(holder["state"], g)
+    holder["state"], m = step(holder["state"], g, norm_arg)
     m["loss"].block_until_ready()
 
   with Stopwatch() as compile_clock:

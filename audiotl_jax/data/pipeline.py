@@ -215,6 +215,15 @@ def _select(dataset: PreparedDataset, split: str, indices, class_map, num_classe
   return indices.astype(np.int64), _Labeler(class_map, int(num_classes), target)
 
 
+def train_batch_spec(*, batch_size: int, clip_samples: int, num_classes: int,
+                     target: str = "multihot") -> dict:
+  """{key: (shape, dtype)} of a global training batch (what `train_iterator` yields on all
+  processes together), for compiling the train step before the first batch is read."""
+  label = ((batch_size,), np.int32) if target == "class" else (
+      (batch_size, num_classes), np.float32)
+  return {"audio": ((batch_size, clip_samples), np.int16), "label": label}
+
+
 def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_map=None,
                    num_classes: int | None = None, target: str = "multihot", batch_size: int,
                    clip_samples: int, seed: int, process_index: int | None = None,

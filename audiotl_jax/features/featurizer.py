@@ -6,6 +6,7 @@ needs the labels too, so the train step applies it. Config block `frontend` pick
 (`logmel`, `fbank` for AST, `panns`, `vggish`) and its sizes.
 """
 import jax
+import numpy as np
 
 from audiotl_jax.features import fbank
 from audiotl_jax.features import logmel
@@ -16,14 +17,28 @@ from audiotl_jax.features.augment import spec_augment
 from audiotl_jax.features.normalization import normalize
 
 
+def norm_args(norm: dict | None) -> np.ndarray:
+  """The statistics as the float32 array `featurize(..., norm=)` takes: [mean, std]."""
+  norm = norm or {"mean": 0.0, "std": 1.0}
+  return np.asarray([norm["mean"], norm["std"]], np.float32)
+
+
 def make_featurizer(fcfg, norm: dict | None):
-  """Returns `featurize(audio_int16, rng, train)` -> normalised (batch, frames, n_mels)."""
-  mean = float(norm["mean"]) if norm else 0.0
-  std = float(norm["std"]) if norm else 1.0
+  """Returns `featurize(audio_int16, rng, train, augment, norm)` -> (batch, frames, n_mels).
+
+  `norm` given at call time (`norm_args`, traced) replaces the statistics given here. Programs
+  run by many runs (a sweep's train and predict steps) take it that way: a Python float is baked
+  into the compiled program as a constant, so each dataset's statistics would be another program
+  for the persistent compilation cache to miss.
+  """
+  # Python floats when fixed: weakly typed, so float64 features stay float64.
+  fixed = (float(norm["mean"]), float(norm["std"])) if norm else None
   if fcfg.get("kind") == "vggish":
     vggish.check_frontend(fcfg)
 
-  def featurize(audio, rng=None, train=False, augment=None):
+  def featurize(audio, rng=None, train=False, augment=None, norm=None):
+    stats = fixed if norm is None else (norm[0], norm[1])
+    mean, std = stats or (0.0, 1.0)
     # PANNs' weights saw int16 / 32767, the others / 32768.
     x = (panns.pcm_to_float if fcfg.get("kind") == "panns" else logmel.pcm_to_float)(audio)
     if train and augment is not None and augment.get("gain_db", 0.0) > 0:
@@ -33,7 +48,7 @@ def make_featurizer(fcfg, norm: dict | None):
       # AST's Kaldi fbank: padded to the target frames, then (x - mean) / (2 * std).
       f = fbank.ast_features(x, sample_rate=fcfg.sample_rate, num_mel_bins=fcfg.n_mels,
                              target_frames=fcfg.get("target_frames", 0),
-                             mean=mean if norm else None, std=std)
+                             mean=None if stats is None else mean, std=std)
     elif fcfg.get("kind") == "panns":
       # torchlibrosa's log-mel (reflect padding); no normalisation: the model's bn0 does it.
       f = panns.log_mel(x, fcfg.sample_rate, fcfg.n_fft, fcfg.hop_length, fcfg.n_mels,

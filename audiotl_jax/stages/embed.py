@@ -29,6 +29,7 @@ API's `get_scene_embeddings` returns, one file per clip, as the HEAR evaluation 
 `hear/<name>/<split>.target-labels.json` ({file stem: [label names]}).
 """
 import errno
+import functools
 import json
 import os
 from pathlib import Path
@@ -81,14 +82,17 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
   _, out_shapes = jax.eval_shape(shapes)
   outputs = resolve_layers(layers, pooling, out_shapes, meta["model"])
 
+  # The statistics as an argument, not constants: one compiled program embeds every state.
   @jax.jit
-  def predict(params, batch_stats, audio):
-    _, out = model.apply({"params": params, "batch_stats": batch_stats}, featurize(audio),
-                         train=False)
+  def predict(params, batch_stats, audio, norm):
+    _, out = model.apply({"params": params, "batch_stats": batch_stats},
+                         featurize(audio, norm=norm), train=False)
     return {name: POOLING[how][1](out[layer]) for name, (layer, how) in outputs.items()}
 
   params = jax.device_put(variables["params"], mesh_lib.replicated(mesh))
   batch_stats = jax.device_put(variables.get("batch_stats", {}), mesh_lib.replicated(mesh))
+  norm = (jax.device_put(featurizer.norm_args(meta["norm"]), mesh_lib.replicated(mesh))
+          if meta.get("norm") else None)
   target = "multihot" if dataset.task == "multilabel" else "class"
   common = _settings(step_dir, variables, outputs, clip_seconds)
   settings, finished = {}, {}
@@ -109,7 +113,7 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
       print(f"embed: {split_dir} is complete; skipped")
       continue
     n = dataset.num_records(split)
-    files = _stream(predict, params, batch_stats, mesh, dataset, split, n, batch_size,
+    files = _stream(functools.partial(predict, norm=norm), params, batch_stats, mesh, dataset, split, n, batch_size,
                     clip_samples, target, split_dir, flush_every, progress, settings[split])
     ids = [str(i) for i in dataset.ids(split)]
     meta_out = {

@@ -26,7 +26,7 @@ from audiotl_jax.data import pipeline, sampling
 from audiotl_jax.errors import UserError
 from audiotl_jax.features import featurizer
 from audiotl_jax.models import transfer
-from audiotl_jax.train import checkpoints, mesh as mesh_lib, metrics as metrics_lib
+from audiotl_jax.train import aot, checkpoints, mesh as mesh_lib, metrics as metrics_lib
 from audiotl_jax.train import lock, preemption, prefetch, state as state_lib, step as step_lib
 
 
@@ -237,6 +237,25 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
       print(f"{task.stage}: kept pre-trained weights; fresh: {', '.join(fresh) or 'none'}")
   num_params = models.count_params(state.params)
 
+  # ---------------------------------------------------------------- step
+  # The feature statistics are an argument (one program for every run of these shapes), so the
+  # step compiles from shapes alone, in a thread, while the checkpoint is restored or the
+  # statistics are measured below.
+  featurize = featurizer.make_featurizer(fc, None)
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(
+      task.model, featurize, tx, loss_fn=task.loss_fn, augment=config.augment,
+      num_classes=sel.num_classes, target=task.target,
+      model_train=strategy.model_train if strategy else True,
+      trainable=strategy.trainable if strategy else None,
+      stats_trainable=strategy.stats_trainable if strategy else None), shardings, mesh)
+  if not config.get("init_only", False):
+    compiling = aot.Ahead(step_fn, state, aot.shapes(pipeline.train_batch_spec(
+        batch_size=config.batch_size, clip_samples=samples, num_classes=sel.num_classes,
+        target=task.target)), jax.ShapeDtypeStruct((2,), np.float32))
+    # A thread still inside JAX when the interpreter exits aborts it: wait, on every way out.
+    exits.callback(compiling.wait)
+  predict = step_lib.make_predict(task.model, featurize)
+
   # ---------------------------------------------------------------- restore or start
   ckpt = exits.enter_context(checkpoints.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=f"val_{task.main_metric}"))
@@ -268,21 +287,15 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
             f"{ckpt.directory}")
     return results
 
-  # ---------------------------------------------------------------- step
-  featurize = featurizer.make_featurizer(fc, norm)
-  step_fn = step_lib.jit_train_step(step_lib.make_train_step(
-      task.model, featurize, tx, loss_fn=task.loss_fn, augment=config.augment,
-      num_classes=sel.num_classes, target=task.target,
-      model_train=strategy.model_train if strategy else True,
-      trainable=strategy.trainable if strategy else None,
-      stats_trainable=strategy.stats_trainable if strategy else None), shardings, mesh)
-  predict = step_lib.make_predict(task.model, featurize)
+  step_fn = compiling.get()
+  norm_arg = step_lib.norm_on_mesh(norm, mesh)
 
   # ---------------------------------------------------------------- evaluation
   def evaluate(split, indices, name):
     logits, labels, _, _ = step_lib.evaluate(
         predict, state.params, state.batch_stats, eval_iter(split, indices), mesh,
-        num_batches=-(-len(indices) // config.batch_size), desc=name if config.progress else None)
+        num_batches=-(-len(indices) // config.batch_size), desc=name if config.progress else None,
+        norm=norm_arg)
     return task.metrics_fn(logits, labels)
 
   # ---------------------------------------------------------------- loop
@@ -303,7 +316,7 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
   # JAX at exit aborts the process (seen as "FATAL: exception not rethrown").
   exits.callback(data_iter.close)
   for step in range(start + 1, total_steps + 1):
-    state, m = step_fn(state, next(data_iter))
+    state, m = step_fn(state, next(data_iter), norm_arg)
     pending.append((step, m))
     clips_since += config.batch_size
     progress.update(1)

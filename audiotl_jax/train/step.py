@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from audiotl_jax.errors import UserError
 from audiotl_jax.features import fbank
+from audiotl_jax.features import featurizer
 from audiotl_jax.features.augment import mixup
-from audiotl_jax.features.featurizer import make_featurizer
 from audiotl_jax.features.normalization import feature_stats
 from audiotl_jax.train import mesh as mesh_lib
 from audiotl_jax.train.state import TrainState
@@ -52,7 +52,7 @@ def compute_norm(fcfg, batches, mesh, num_batches: int) -> dict:
     # Their own recipes: PANNs normalise in the model (bn0), VGGish not at all. Identity, so
     # the metadata does not record statistics nothing uses.
     return {"mean": 0.0, "std": 1.0}
-  featurize = jax.jit(make_featurizer(fcfg, None))
+  featurize = jax.jit(featurizer.make_featurizer(fcfg, None))
   stats = []
   for _, batch in zip(range(num_batches), batches):
     f = featurize(mesh_lib.to_global({"audio": batch["audio"]}, mesh)["audio"])
@@ -96,7 +96,10 @@ def balanced_class_weights(counts) -> np.ndarray:
 
 def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int, target: str,
                     model_train: bool = True, trainable=None, stats_trainable=None):
-  """Builds `step(state, batch) -> (state, metrics)`; jit it with the state donated.
+  """Builds `step(state, batch, norm) -> (state, metrics)`; jit it with the state donated.
+
+  `norm` is the feature statistics as an argument (`featurizer.norm_args`), not a constant, so
+  runs whose statistics differ share one compiled program.
 
   `trainable`: a boolean tree over params; frozen leaves are wrapped in `stop_gradient` so XLA
   drops the backward pass through a frozen backbone (the optimizer mask zeroes their updates).
@@ -105,10 +108,10 @@ def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int,
   as a linear probe on a frozen backbone should.
   """
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, norm):
     rng = jax.random.fold_in(state.rng, state.step)
     r_aug, r_mix, r_drop = jax.random.split(rng, 3)
-    x = featurize(batch["audio"], rng=r_aug, train=True, augment=augment)
+    x = featurize(batch["audio"], rng=r_aug, train=True, augment=augment, norm=norm)
     y = batch["label"]
     if target == "class":
       y = jax.nn.one_hot(y, num_classes)
@@ -151,24 +154,33 @@ def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int,
 
 
 def jit_train_step(step_fn, state_shardings, mesh):
+  replicated = mesh_lib.replicated(mesh)
   return jax.jit(step_fn, donate_argnums=(0,),
-                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
+                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
+                 out_shardings=(state_shardings, replicated))
+
+
+def norm_on_mesh(norm: dict | None, mesh) -> jax.Array:
+  """The feature statistics (`featurizer.norm_args`) as a global array every device holds."""
+  return jax.make_array_from_process_local_data(mesh_lib.replicated(mesh),
+                                                featurizer.norm_args(norm))
 
 
 def make_predict(model, featurize, *, layers=()):
-  """`predict(params, batch_stats, audio) -> (logits, {layer: array})`, inference mode."""
+  """`predict(params, batch_stats, audio, norm=None) -> (logits, {layer: array})`, inference
+  mode; `norm` as in the train step (None: the statistics `featurize` was made with)."""
 
   @jax.jit
-  def predict(params, batch_stats, audio):
+  def predict(params, batch_stats, audio, norm=None):
     logits, out = model.apply({"params": params, "batch_stats": batch_stats},
-                              featurize(audio), train=False)
+                              featurize(audio, norm=norm), train=False)
     return logits, {name: out[name] for name in layers}
 
   return predict
 
 
-def evaluate(predict, params, batch_stats, batches, mesh, *, num_batches=None, desc=None):
+def evaluate(predict, params, batch_stats, batches, mesh, *, num_batches=None, desc=None,
+             norm=None):
   """Runs `predict` over finite eval batches; returns host arrays of the unpadded rows.
 
   Returns (logits, labels, indices, layers). Rows are gathered from every process, so each
@@ -179,7 +191,7 @@ def evaluate(predict, params, batch_stats, batches, mesh, *, num_batches=None, d
                   or jax.process_index() != 0)
   for batch in progress:
     g = mesh_lib.to_global(batch, mesh)
-    logits, layers = predict(params, batch_stats, g["audio"])
+    logits, layers = predict(params, batch_stats, g["audio"], norm)
     logits, layers, labels, mask, index = multihost_utils.process_allgather(
         (logits, layers, g["label"], g["mask"], g["index"]), tiled=True)
     keep = np.asarray(mask) > 0
