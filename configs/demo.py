@@ -46,12 +46,16 @@ def get_config(arg=None):
   c.seeds = (0, 1, 2) if not test else (0, 1)
   c.notes = [
       "What the synthetic data makes true by construction: spoken words are built like the Human "
-      "sounds branch (glottal pulses through formant filters, speakers varying pitch, vocal-tract "
-      "scale and tempo), so features learnt on Human sounds fit them; Music is built from "
-      "harmonic tones and shares little with words. The downstream task has few labelled clips "
-      "per word (config key finetune.data.few_shot), drawn anew by each seed, as real downstream "
-      "data often is. The demo checks that the study recovers these effects; it says nothing "
-      "about real audio.",
+      "sounds branch (glottal pulses through formant filters), and in both the speaker (pitch, "
+      "vocal-tract size, tempo) varies from clip to clip while what is said (vowels, consonants) "
+      "sets the class, so features learnt on Human sounds tell vowels apart whoever speaks; "
+      "Music is built from harmonic tones and shares little with words. Pre-training sees 720 "
+      "clips of a branch; the downstream task has 2 labelled clips per word (config key "
+      "finetune.data.few_shot), drawn anew by each seed, as scarce real downstream data is. "
+      "Every state is fine-tuned with the same steps and rates. These words are simple: with 4 "
+      "labelled clips per word and full fine-tuning run to convergence (80 steps), a "
+      "from-scratch CNN drew level with the Human-sounds state, which is why the demo uses 2. "
+      "The demo checks that the study recovers these effects; it says nothing about real audio.",
   ]
   c.scores = ("nc_score", "logme", "leep")
   # The layers scored and probed (the first is the report's score table's): every block of the
@@ -63,7 +67,7 @@ def get_config(arg=None):
   p.data.clip_seconds = 1.0
   p.data.val_fraction = 0.15
   p.batch_size = 32 if not test else 16
-  p.num_epochs = 12.0 if not test else 1.0
+  p.num_epochs = 8.0 if not test else 1.0
   p.optim.lr = 2e-3
   p.log_every = 10
   p.eval_every = 1_000_000  # evaluate once, at the end
@@ -75,7 +79,7 @@ def get_config(arg=None):
 
   f = finetune_config.get_config(f"model={model}")
   f.data.clip_seconds = 1.0
-  f.data.few_shot = 4 if not test else 0
+  f.data.few_shot = 2 if not test else 0
   f.eval_every = 10 if not test else 2
   f.batch_size = 32 if not test else 16
   f.log_every = 10

@@ -69,20 +69,29 @@ def utter(n, sr, rng, f0, units, breath=0.05):
 
 
 def vocal(u, rng, n, sr):
-  """Human sounds: syllables of a glottal pulse train through formant filters."""
+  """Human sounds: syllables of a glottal pulse train through formant filters.
+
+  The class sets what is said: two vowels that alternate (formants from u[1], u[2] and u[4]), a
+  fricative onset (how often from u[4], its band from u[5]) and the syllable rate (u[3]). Who says
+  it varies per clip, as real vocalisations come from many people: pitch, vocal-tract size (which
+  scales every formant) and pitch movement are the speaker's, not the class's.
+  """
   t = np.arange(n) / sr
   rate = 2 + 5 * u[3]  # syllables per second
-  f0 = 90 * 2 ** (1.6 * u[0] + 0.1 * rng.standard_normal())
-  f0 = f0 * 2 ** ((1 + 4 * u[5]) / 12 * np.sin(np.pi * rate * t + rng.uniform(0, 2 * np.pi)))
-  formants = np.array([280 + 600 * u[1], 850 + 1500 * u[2], 2400 + 600 * u[4]])
-  units, s = [], rng.uniform(0, 0.5 / rate)
+  f0 = 85 * 3 ** rng.random()  # 85-255 Hz, as the spoken words' speakers
+  size = 0.95 + 0.25 * np.log(f0 / 85) / np.log(3) + rng.normal(0, 0.03)
+  f0 = f0 * 2 ** (rng.uniform(1, 5) / 12 * np.sin(np.pi * rate * t + rng.uniform(0, 2 * np.pi)))
+  first = np.array([280 + 600 * u[1], 850 + 1500 * u[2], 2400 + 600 * u[4]])
+  second = np.array([280 + 600 * (1 - u[2]), 850 + 1500 * u[1], 2400 + 600 * (1 - u[4])])
+  units, s, k = [], rng.uniform(0, 0.5 / rate), int(rng.integers(2))
   while s < n / sr:
     if rng.random() < 0.6 * u[4]:  # a consonant before the vowel
-      units.append((s, 0.05, "f", 1500 + 5000 * u[5], 0.3))
+      units.append((s, 0.05, "f", size * (1500 + 5000 * u[5]), 0.3))
       s += 0.04
+    formants = (first, second)[k % 2] * size
     units.append((s, rng.uniform(0.5, 0.85) / rate, "v",
-                  formants * np.exp(0.06 * rng.standard_normal(3)), rng.uniform(0.6, 1.0)))
-    s += rng.uniform(0.85, 1.15) / rate
+                  formants * np.exp(0.03 * rng.standard_normal(3)), rng.uniform(0.6, 1.0)))
+    s, k = s + rng.uniform(0.85, 1.15) / rate, k + 1
   return utter(n, sr, rng, f0, units, breath=0.02 + 0.3 * u[4])
 
 
