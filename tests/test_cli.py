@@ -117,6 +117,21 @@ def test_demo_smoke(tmp_path):
   assert (tmp_path / "demo/ranking/ranking.png").exists()
 
 
+@pytest.mark.slow
+def test_demo_shows_what_it_claims(tmp_path):
+  """The full demo (about 6 minutes): over its 3 seeds, the similar branch beats no
+  pre-training and beats the dissimilar branch under both strategies, each by a paired test whose
+  95 % interval lies above zero, as README says. A change to the synthetic data or the protocol
+  that loses one of these effects fails here."""
+  assert cli("demo", "--config.progress=false", "--workdir", tmp_path / "demo") == 0
+  report = json.loads((tmp_path / "demo/report.json").read_text())
+  found = {(c["a"], c["b"], c["strategy"]): c for c in report["comparisons"]}
+  for b in ("scratch", "music"):
+    for strategy in ("linear", "full"):
+      c = found[("human_sounds", b, strategy)]
+      assert c["n"] == 3 and c["verdict"] == "yes" and c["ci"][0] > 0, c
+
+
 def test_bench_quick(tmp_path, capsys):
   """Every benchmark runs in its quick mode and lands in bench.json (figures: BENCHMARKS.md)."""
   assert cli("bench", "--quick", "--only", "frontend,pipeline,scores", "--workdir", tmp_path) == 0
