@@ -110,7 +110,7 @@ def time_train_step(model, fc, norm, data, mesh, defaults, *, frames: int,
   num_params = models.count_params(state.params)
   step = steps.jit_train_step(steps.make_train_step(
       model, featurizer.make_featurizer(fc, norm), tx, loss_fn=steps.bce_loss,
-      augment=defaults.augment, num_classes=527, target="multihot"), shardings, mesh)
+      augment=defaults.augment, num_classes=527, target="multihot", mesh=mesh), shardings, mesh)
   g = mesh_lib.to_global(data, mesh)
   holder = {"state": state}
   del state  # The holder owns it: each step donates and replaces it.

@@ -247,7 +247,7 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
       num_classes=sel.num_classes, target=task.target,
       model_train=strategy.model_train if strategy else True,
       trainable=strategy.trainable if strategy else None,
-      stats_trainable=strategy.stats_trainable if strategy else None), shardings, mesh)
+      stats_trainable=strategy.stats_trainable if strategy else None, mesh=mesh), shardings, mesh)
   if not config.get("init_only", False):
     compiling = aot.Ahead(step_fn, state, aot.shapes(pipeline.train_batch_spec(
         batch_size=config.batch_size, clip_samples=samples, num_classes=sel.num_classes,

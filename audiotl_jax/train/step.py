@@ -95,7 +95,7 @@ def balanced_class_weights(counts) -> np.ndarray:
 
 
 def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int, target: str,
-                    model_train: bool = True, trainable=None, stats_trainable=None):
+                    model_train: bool = True, trainable=None, stats_trainable=None, mesh=None):
   """Builds `step(state, batch, norm) -> (state, metrics)`; jit it with the state donated.
 
   `norm` is the feature statistics as an argument (`featurizer.norm_args`), not a constant, so
@@ -105,7 +105,8 @@ def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int,
   drops the backward pass through a frozen backbone (the optimizer mask zeroes their updates).
   `stats_trainable`: a boolean tree over batch_stats; False leaves keep their value (frozen
   blocks keep their running statistics). `model_train=False` runs BatchNorm in inference mode,
-  as a linear probe on a frozen backbone should.
+  as a linear probe on a frozen backbone should. `mesh`: the mesh the batch is sharded over
+  (mixup draws its partners and lambdas replicated on it; `augment.mixup`).
   """
 
   def step(state: TrainState, batch, norm):
@@ -116,7 +117,8 @@ def make_train_step(model, featurize, tx, *, loss_fn, augment, num_classes: int,
     if target == "class":
       y = jax.nn.one_hot(y, num_classes)
     if augment is not None and augment.mixup_alpha > 0:
-      x, y = mixup(r_mix, x, y, alpha=augment.mixup_alpha)
+      x, y = mixup(r_mix, x, y, alpha=augment.mixup_alpha,
+                   replicated=None if mesh is None else mesh_lib.replicated(mesh))
 
     def loss_and_aux(params):
       if trainable is not None:
