@@ -1,5 +1,6 @@
 """A smoke run of every `audiotl` command, and what bad input gets: a one-line error."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 
 from audiotl_jax import cli as main_lib
 from audiotl_jax.errors import UserError
+from conftest import REPO
 
 
 def cli(*args):
@@ -119,11 +121,17 @@ def test_demo_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_demo_shows_what_it_claims(tmp_path):
-  """The full demo (about 6 minutes): over its 3 seeds, the similar branch beats no
-  pre-training and beats the dissimilar branch under both strategies, each by a paired test whose
-  95 % interval lies above zero, as README says. A change to the synthetic data or the protocol
-  that loses one of these effects fails here."""
-  assert cli("demo", "--config.progress=false", "--workdir", tmp_path / "demo") == 0
+  """The full demo as `make demo` runs it (its own process, the machine's one CPU device; about 6
+  minutes): over its 3 seeds, the similar branch beats no pre-training and beats the dissimilar
+  branch under both strategies, each by a paired test whose 95 % interval lies above zero, as
+  README says. A change to the synthetic data or the protocol that loses one of these effects
+  fails here. (Under this suite's 8 fake devices the numbers differ: there one seed's Music
+  state beat Human sounds under full fine-tuning and that comparison was not significant.)"""
+  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-m", "audiotl_jax", "demo", "--config.progress=false",
+                         "--workdir", str(tmp_path / "demo")], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   report = json.loads((tmp_path / "demo/report.json").read_text())
   found = {(c["a"], c["b"], c["strategy"]): c for c in report["comparisons"]}
   for b in ("scratch", "music"):
