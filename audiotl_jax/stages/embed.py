@@ -47,6 +47,7 @@ from audiotl_jax.errors import UserError, unknown_name
 from audiotl_jax.features import featurizer
 from audiotl_jax.train import adapters
 from audiotl_jax.train import mesh as mesh_lib
+from audiotl_jax.train import step as step_lib
 from audiotl_jax.train.inference import POOLING, load_for_inference, output_name, resolve_layers
 
 LAYOUTS = ("npy", "hear")
@@ -91,8 +92,7 @@ def embed(*, checkpoint: Path, dataset_dir: Path, splits, layers, pooling: str, 
 
   params = jax.device_put(variables["params"], mesh_lib.replicated(mesh))
   batch_stats = jax.device_put(variables.get("batch_stats", {}), mesh_lib.replicated(mesh))
-  norm = (jax.device_put(featurizer.norm_args(meta["norm"]), mesh_lib.replicated(mesh))
-          if meta.get("norm") else None)
+  norm = step_lib.norm_on_mesh(meta["norm"], mesh) if meta.get("norm") else None
   target = "multihot" if dataset.task == "multilabel" else "class"
   common = _settings(step_dir, variables, outputs, clip_seconds)
   settings, finished = {}, {}
