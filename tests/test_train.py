@@ -249,3 +249,34 @@ def test_finetune_binary_detection_reports_auroc(tmp_path):
   assert 0.0 <= results["test"]["auroc"] <= 1.0
   _, meta, _ = checkpointing.load_model(tmp_path / "run")
   assert meta["num_classes"] == 1
+
+
+def test_create_keeps_given_leaves_and_draws_the_rest_as_a_fresh_start_would():
+  """Fine-tuning's one init program: a given leaf is kept exactly; a placeholder leaf (the new
+  head) gets the value a fresh init with the same seed gives it; the key is PRNGKey's."""
+  for seed in (0, 1, 12345, 2**31 - 1):
+    np.testing.assert_array_equal(state_lib.host_key(seed), jax.random.PRNGKey(seed))
+  model = models.get_model("cnn:tiny", num_classes=5)
+  tx = state_lib.make_optimizer(common.optim(1e-3), total_steps=10)
+  mesh = mesh_lib.make_mesh()
+  fresh, _ = state_lib.create(model, tx, mesh, frames=26, n_mels=32, seed=3)
+  shapes = state_lib.variable_shapes(model, frames=26, n_mels=32)
+  given = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes["params"])
+  given["head"] = shapes["params"]["head"]  # placeholders: drawn fresh
+  state, _ = state_lib.create(model, tx, mesh, frames=26, n_mels=32, seed=3, params=given,
+                              batch_stats=shapes["batch_stats"])
+  fresh_params = dict(_named_leaves(fresh.params))
+  for name, leaf in _named_leaves(state.params):
+    if "head" in name:
+      np.testing.assert_array_equal(leaf, fresh_params[name])
+    else:
+      assert np.all(leaf == 0.5), name
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),
+               jax.device_get(fresh.batch_stats))
+  assert int(state.step) == 0
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(state.opt_state))
+
+
+def _named_leaves(tree):
+  return [(jax.tree_util.keystr(p), np.asarray(v))
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)]

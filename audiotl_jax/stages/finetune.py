@@ -19,7 +19,7 @@ from audiotl_jax.errors import UserError
 from audiotl_jax.features import featurizer
 from audiotl_jax.models import transfer
 from audiotl_jax.train import adapters, checkpoints, loop, metrics as metrics_lib
-from audiotl_jax.train import step as step_lib
+from audiotl_jax.train import state as state_lib, step as step_lib
 
 
 def _check_before_writing(config) -> None:
@@ -105,8 +105,7 @@ def run(config, workdir) -> dict:
                                            petl_config=config.get("petl"),
                                            **step_lib.model_options(config.model))
   frames = featurizer.feature_frames(fc, loop.clip_samples(config, dataset))
-  abstract = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.PRNGKey(0)}, jax.numpy.zeros((1, frames, fc.n_mels)), train=False))
+  abstract = state_lib.variable_shapes(model, frames=frames, n_mels=fc.n_mels)
   strategy = transfer.make_strategy(config.strategy, abstract["params"],
                                     abstract.get("batch_stats", {}), model.block_names(),
                                     **strategy_ctx)

@@ -224,17 +224,17 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
   total_steps = state_lib.resolve_steps(config, len(sel.train))
   tx = state_lib.make_optimizer(config.optim, total_steps,
                                 trainable=strategy.trainable if strategy else None)
-  state, shardings = state_lib.create(task.model, tx, mesh, frames=frames, n_mels=fc.n_mels,
-                                      seed=config.seed)
-  if task.pretrained is not None:
-    params, fresh = transfer.transplant(task.pretrained["params"], jax.device_get(state.params),
+  params = stats = None
+  if task.pretrained is not None:  # kept where path and shape agree; the rest starts fresh
+    shapes = state_lib.variable_shapes(task.model, frames=frames, n_mels=fc.n_mels)
+    params, fresh = transfer.transplant(task.pretrained["params"], shapes["params"],
                                         resize=transfer.resize_leaf)
     stats, _ = transfer.transplant(task.pretrained.get("batch_stats", {}),
-                                   jax.device_get(state.batch_stats))
-    state, shardings = state_lib.create(task.model, tx, mesh, frames=frames, n_mels=fc.n_mels,
-                                        seed=config.seed, params=params, batch_stats=stats)
+                                   shapes.get("batch_stats", {}))
     if is_main:
       print(f"{task.stage}: kept pre-trained weights; fresh: {', '.join(fresh) or 'none'}")
+  state, shardings = state_lib.create(task.model, tx, mesh, frames=frames, n_mels=fc.n_mels,
+                                      seed=config.seed, params=params, batch_stats=stats)
   num_params = models.count_params(state.params)
 
   # ---------------------------------------------------------------- step
