@@ -60,16 +60,16 @@ def test_train_step_compiles_once(devices):
 def test_runs_whose_feature_statistics_differ_compile_one_train_step(prepared, tmp_path,
                                                                      monkeypatch):
   """The statistics are an argument of the step, not constants in it: two runs on different
-  draws of the data (so different statistics) lower to the same program, which the persistent
-  compilation cache then serves to the second (a sweep's runs all differ this way)."""
+  draws of the data (so different statistics) lower to the same programs, which the caches
+  then serve to the second (a sweep's runs all differ this way)."""
   import hashlib
   from audiotl_jax.stages import pretrain
   from audiotl_jax.train import aot
   programs, init = [], aot.Ahead.__init__
 
-  def recording(self, jitted, *args):
+  def recording(self, jitted, *args, **kwargs):
     programs.append(hashlib.sha256(jitted.lower(*args).as_text().encode()).hexdigest())
-    init(self, jitted, *args)
+    init(self, jitted, *args, **kwargs)
 
   monkeypatch.setattr(aot.Ahead, "__init__", recording)
   norms = []
@@ -79,7 +79,8 @@ def test_runs_whose_feature_statistics_differ_compile_one_train_step(prepared, t
     _, meta, _ = checkpointing.load_model(tmp_path / str(seed))
     norms.append(meta["norm"])
   assert norms[0] != norms[1]
-  assert len(programs) == 2 and programs[0] == programs[1]
+  assert len(programs) == 4  # each run: its train step, then its evaluation's predict
+  assert programs[:2] == programs[2:] and programs[0] != programs[1]
 
 
 def test_pretrain_resume_matches_uninterrupted(prepared, tmp_path):

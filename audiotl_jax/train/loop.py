@@ -255,6 +255,14 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
     # A thread still inside JAX when the interpreter exits aborts it: wait, on every way out.
     exits.callback(compiling.wait)
   predict = step_lib.make_predict(task.model, featurize)
+  if not config.get("init_only", False):  # then the evaluation's, needed at the first eval
+    predicting = aot.Ahead(predict, *aot.like((state.params, state.batch_stats)),
+                           jax.ShapeDtypeStruct((config.batch_size, samples), np.int16,
+                                                sharding=mesh_lib.batch_sharding(mesh)),
+                           jax.ShapeDtypeStruct((2,), np.float32,
+                                                sharding=mesh_lib.replicated(mesh)),
+                           after=compiling)
+    exits.callback(predicting.wait)
 
   # ---------------------------------------------------------------- restore or start
   ckpt = exits.enter_context(checkpoints.Checkpointer(
@@ -287,7 +295,7 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
             f"{ckpt.directory}")
     return results
 
-  step_fn = compiling.get()
+  step_fn, predict = compiling.get(), predicting.get()
   norm_arg = step_lib.norm_on_mesh(norm, mesh)
 
   # ---------------------------------------------------------------- evaluation

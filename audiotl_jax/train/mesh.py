@@ -113,7 +113,9 @@ def to_global(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def create_sharded(init_fn, mesh: Mesh, *args):
-  """Runs `init_fn(*args)` under jit with every output replicated over the mesh."""
+  """Runs `init_fn(*args)` under jit with every output replicated over the mesh (compiled
+  through the program cache: a run's init is its first program, on the critical path)."""
+  from audiotl_jax.train import aot  # pylint: disable=g-import-not-at-top
   abstract = jax.eval_shape(init_fn, *args)
   shardings = jax.tree.map(lambda _: replicated(mesh), abstract)
-  return jax.jit(init_fn, out_shardings=shardings)(*args), shardings
+  return aot.compile(jax.jit(init_fn, out_shardings=shardings), *args)(*args), shardings

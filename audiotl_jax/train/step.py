@@ -20,7 +20,7 @@ from audiotl_jax.features import fbank
 from audiotl_jax.features import featurizer
 from audiotl_jax.features.augment import mixup
 from audiotl_jax.features.normalization import feature_stats
-from audiotl_jax.train import mesh as mesh_lib
+from audiotl_jax.train import aot, mesh as mesh_lib
 from audiotl_jax.train.state import TrainState
 
 
@@ -52,11 +52,14 @@ def compute_norm(fcfg, batches, mesh, num_batches: int) -> dict:
     # Their own recipes: PANNs normalise in the model (bn0), VGGish not at all. Identity, so
     # the metadata does not record statistics nothing uses.
     return {"mean": 0.0, "std": 1.0}
-  featurize = jax.jit(featurizer.make_featurizer(fcfg, None))
+  featurize = featurizer.make_featurizer(fcfg, None)
+  measure = jax.jit(lambda audio: feature_stats(featurize(audio)))
   stats = []
   for _, batch in zip(range(num_batches), batches):
-    f = featurize(mesh_lib.to_global({"audio": batch["audio"]}, mesh)["audio"])
-    stats.append(jax.device_get(feature_stats(f)))
+    audio = mesh_lib.to_global({"audio": batch["audio"]}, mesh)["audio"]
+    if not stats:  # one program for every batch (same shapes), through the program cache
+      measure = aot.compile(measure, audio)
+    stats.append(jax.device_get(measure(audio)))
   mean = float(np.mean([m for m, _ in stats]))
   # Pool the variances, not the stds, so the result is the std over all batches together.
   var = float(np.mean([s**2 + (m - mean)**2 for m, s in stats]))
