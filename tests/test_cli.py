@@ -172,3 +172,15 @@ def test_report_scores_table_uses_one_layer(tmp_path):
   text = report.write(study).read_text()
   assert "Layer `embedding`" in text
   assert "| a | 1.0000 |" in text and "100.0000" not in text
+
+
+@pytest.mark.slow
+def test_bench_compile_quick(tmp_path):
+  """`audiotl bench --only compile`: fresh processes, cold then warm, each with its figures; a
+  warm cache must take compiling off the critical path (most of it)."""
+  assert cli("bench", "--quick", "--only", "compile", "--workdir", tmp_path) == 0
+  rows = {r["cache"]: r for r in json.loads((tmp_path / "bench.json").read_text())["results"]}
+  assert set(rows) == {"cold", "warm", "warm, other data"}
+  for row in rows.values():
+    assert 0 < row["critical_compile_s"] < row["wall_s"] and row["steps"] == 40
+  assert rows["warm"]["critical_compile_s"] < rows["cold"]["critical_compile_s"] / 3

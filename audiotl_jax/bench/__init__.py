@@ -1,11 +1,13 @@
 """`audiotl bench`: throughput of train steps, the frontend, the input pipeline and the scores;
-prepare's memory at growing dataset sizes; AST's step and MFU. One module per bench, each a
+prepare's memory at growing dataset sizes; AST's step and MFU; the share of a short fine-tuning
+that compiling holds up. One module per bench, each a
 `bench_<name>(workdir, quick) -> rows` listed in `BENCHES`.
 
 Each benchmark warms up (compilation excluded), then times whole steps with the result fetched
 (`block_until_ready`), and reports the median of the repeats (`timing.py`). Results are printed
 as a table and written to `workdir/bench.json` with the machine description, for BENCHMARKS.md.
 """
+import importlib
 import json
 import os
 import platform
@@ -14,25 +16,17 @@ from pathlib import Path
 
 import jax
 
-from audiotl_jax.bench.ast import bench_ast
-from audiotl_jax.bench.embedding import bench_embedding
-from audiotl_jax.bench.frontend import bench_frontend
-from audiotl_jax.bench.pipeline import bench_pipeline
-from audiotl_jax.bench.prepare import bench_prepare
-from audiotl_jax.bench.scores import bench_scores
-from audiotl_jax.bench.train_step import bench_train_step
 from audiotl_jax.errors import unknown_name
 
-# Run in this order by `audiotl bench`; `--only` picks a subset.
-BENCHES = {
-    "train_step": bench_train_step,
-    "frontend": bench_frontend,
-    "pipeline": bench_pipeline,
-    "prepare": bench_prepare,
-    "scores": bench_scores,
-    "ast": bench_ast,
-    "embedding": bench_embedding,
-}
+# Run in this order by `audiotl bench`; `--only` picks a subset. Bench NAME is `bench_NAME` in
+# module `bench/NAME.py`, imported only when it runs: `compile` times fresh processes that
+# import this package, and the others' imports (torch-free as they are) would be in its figures.
+BENCHES = ("train_step", "frontend", "pipeline", "prepare", "scores", "ast", "embedding",
+           "compile")
+
+
+def _bench(name: str):
+  return getattr(importlib.import_module(f"audiotl_jax.bench.{name}"), f"bench_{name}")
 
 
 def machine() -> dict:
@@ -48,11 +42,11 @@ def run(workdir: Path, *, only=(), quick: bool = False) -> list[dict]:
       raise unknown_name("benchmark", name, BENCHES)
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
-  for name, fn in BENCHES.items():
+  for name in BENCHES:
     if only and name not in only:
       continue
     print(f"bench: {name} ...", flush=True)
-    for row in fn(workdir, quick):
+    for row in _bench(name)(workdir, quick):
       rows.append(row)
       print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in row.items() if k != "bench"), flush=True)
