@@ -4,14 +4,17 @@ the train loop consumes them.
 Measured: Grain (read, msgpack decode, random crop, multi-hot labels, batch) plus the transfer to
 a global array on the mesh, in the calling process (worker_count 0: threads) and in worker
 processes, on shards written as `audiotl prepare` writes them (uncompressed) and as it wrote
-them before issue 13 (ArrayRecord's default zstd compression), which still read. In the same
-run, the baseline the pipeline must beat: a plain loop that reads the same clips from wav files
-with soundfile, crops, stacks and transfers them (what a PyTorch DataLoader with 0 workers
-does). The shards and wavs are written once into `workdir`
-(640 MB each for the full run).
+them before issue 13 (ArrayRecord's default zstd compression), which still read. A row's reader
+is "grain+direct" where the clips come from memory maps of the shards (`data/direct.py`; the
+uncompressed shards), "grain" where they go through ArrayRecord (the zstd shards, and once the
+uncompressed ones with AUDIOTL_DIRECT_READ=0, to compare). In the same run, the baseline the
+pipeline must beat: a plain loop that reads the same clips from wav files with soundfile, crops,
+stacks and transfers them (what a PyTorch DataLoader with 0 workers does). The shards and wavs
+are written once into `workdir` (640 MB each for the full run).
 """
 import json
 import os
+import statistics
 from pathlib import Path
 
 import jax
@@ -99,6 +102,9 @@ def _soundfile_rate(paths, batch, samples, num_batches, mesh, seed=0) -> float:
   return num_batches * batch / clock.seconds
 
 
+ROUNDS = 9  # this machine's throughput drifts by +-30 % between seconds: many short rounds
+
+
 def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
   from audiotl_jax.data import pipeline
   from audiotl_jax.data.dataset import PreparedDataset
@@ -117,22 +123,58 @@ def bench_pipeline(workdir: Path, quick: bool) -> list[dict]:
             "clips_per_s_per_core": rate / cores, "cores": cores,
             "mb_per_s": rate * samples * 2 / 1e6, **extra}
 
-  rows = []
+  def grain_rate(prepared, workers):
+    it = pipeline.train_iterator(
+        prepared, "train", target="multihot", batch_size=batch, clip_samples=samples, seed=0,
+        process_index=0, process_count=1, worker_count=workers)
+    jax.block_until_ready(mesh_lib.to_global(next(it), mesh))  # start-up is not throughput
+    with timing.Stopwatch() as clock:
+      for _ in range(num_batches):
+        jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
+    if hasattr(it, "close"):
+      it.close()
+    return num_batches * batch / clock.seconds
+
+  # The three 0-worker readers in rounds, interleaved (a slow spell of the machine hits all three
+  # alike); each row gives the median of its rounds and its own ratio to the soundfile loop of
+  # the same round, then the median of those ratios.
   wavs = write_wavs(workdir / f"wav_{n}x{clip_seconds:g}s", n, samples, sr)
-  rows.append(row("soundfile", 0, _soundfile_rate(wavs, batch, samples, num_batches, mesh)))
+  shards = {}
   for records, options in (("uncompressed", None), ("zstd", "group_size:1")):
     root = workdir / f"pipeline_{n}x{clip_seconds:g}s" / records
     write_records(root, n, samples, sr, options)
-    prepared = PreparedDataset(root)
-    for workers in ([0] if quick else sorted({0, 1, max(1, cores // 2), cores})):
-      it = pipeline.train_iterator(
-          prepared, "train", target="multihot", batch_size=batch, clip_samples=samples, seed=0,
-          process_index=0, process_count=1, worker_count=workers)
-      jax.block_until_ready(mesh_lib.to_global(next(it), mesh))  # start-up is not throughput
-      with timing.Stopwatch() as clock:
-        for _ in range(num_batches):
-          jax.block_until_ready(mesh_lib.to_global(next(it), mesh))
-      if hasattr(it, "close"):
-        it.close()
-      rows.append(row("grain", workers, num_batches * batch / clock.seconds, records=records))
+    shards[records] = PreparedDataset(root)
+  direct = "grain+direct" if shards["uncompressed"].source("train").mapped() else "grain"
+  readers = {"soundfile": lambda: _soundfile_rate(wavs, batch, samples, num_batches, mesh),
+             direct: lambda: grain_rate(shards["uncompressed"], 0)}
+  if direct != "grain":  # the same shards through ArrayRecord (decided when the source is made)
+    readers["grain"] = lambda: _arrayrecord(grain_rate, shards["uncompressed"])
+  rounds = {name: [] for name in readers}
+  for _ in range(1 if quick else ROUNDS):
+    for name, rate in readers.items():
+      rounds[name].append(rate())
+  rows = []
+  for name, rates in rounds.items():
+    ratios = [r / s for r, s in zip(rates, rounds["soundfile"])]
+    shard = {} if name == "soundfile" else {"records": "uncompressed"}
+    rows.append(row(name, 0, statistics.median(rates), **shard, rounds=len(rates),
+                    vs_soundfile=statistics.median(ratios)))
+  for workers in ([] if quick else sorted({1, max(1, cores // 2), cores})):
+    rows.append(row(direct, workers, grain_rate(shards["uncompressed"], workers),
+                    records="uncompressed"))
+  for workers in ([0] if quick else sorted({0, 1, max(1, cores // 2), cores})):
+    rows.append(row("grain", workers, grain_rate(shards["zstd"], workers), records="zstd"))
   return rows
+
+
+def _arrayrecord(grain_rate, prepared) -> float:
+  """`grain_rate` with the direct reader off (AUDIOTL_DIRECT_READ=0), to compare against."""
+  old = os.environ.get("AUDIOTL_DIRECT_READ")
+  os.environ["AUDIOTL_DIRECT_READ"] = "0"
+  try:
+    return grain_rate(prepared, 0)
+  finally:
+    if old is None:
+      del os.environ["AUDIOTL_DIRECT_READ"]
+    else:
+      os.environ["AUDIOTL_DIRECT_READ"] = old

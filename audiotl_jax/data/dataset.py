@@ -19,6 +19,17 @@ FORMAT = "audiotl-arrayrecord/2"
 LOGS = ("skipped", "problems", "notes")
 
 
+def _footer(path) -> tuple[int, bool]:
+  """(records, ok) as the ArrayRecord footer of the shard at `path` gives them; no record read."""
+  # Imported here: opening a manifest (and the labels index) must not need array_record.
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  reader = ArrayRecordReader(str(path), "readahead_buffer_size:0")
+  try:
+    return reader.num_records(), reader.ok()
+  finally:
+    reader.close()
+
+
 def shard_damage(path: Path, num_records: int | None) -> str | None:
   """Why the ArrayRecord shard at `path` cannot be read as `num_records` records, else None.
 
@@ -28,8 +39,6 @@ def shard_damage(path: Path, num_records: int | None) -> str | None:
   file would otherwise pass unnoticed until the records past the damage are read (often only at
   the final test evaluation).
   """
-  # Imported here: opening a manifest (and the labels index) must not need array_record.
-  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
   try:
     size = fileio.size(path)
   except FileNotFoundError:
@@ -37,17 +46,20 @@ def shard_damage(path: Path, num_records: int | None) -> str | None:
   if size == 0:
     return "empty (0 bytes)"
   try:
-    reader = ArrayRecordReader(str(path), "readahead_buffer_size:0")
-    try:
-      found, ok = reader.num_records(), reader.ok()
-    finally:
-      reader.close()
+    found, ok = _footer(path)
   except Exception as e:  # pylint: disable=broad-except  (any reader error means damage)
     return f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
   if not ok or (num_records is not None and found != num_records):
     # A torn footer reads as 0 records with ok() False, not as an exception.
     return f"truncated or damaged ({found} records readable, {num_records} expected)"
   return None
+
+
+def shard_error(path: Path, damage: str) -> UserError:
+  """The error for a damaged shard (`damage` as `shard_damage` words it): the shard, and the fix."""
+  folder = fileio.path(path).parent
+  return UserError(f"prepared dataset {folder}: shard {path} is {damage}; run `audiotl prepare` "
+                   f"again on {folder} to rebuild it")
 
 
 def _check_manifest(m: dict, path: Path) -> None:
@@ -183,13 +195,16 @@ class PreparedDataset:
     for name, n in zip(self._split(split)["shards"], self._shard_counts(split)):
       damage = shard_damage(self.path / name, n)
       if damage is not None:
-        raise UserError(f"prepared dataset {self.path}: shard {self.path / name} is {damage}; "
-                        f"run `audiotl prepare` again on {self.path} to rebuild it")
+        raise shard_error(self.path / name, damage)
     self._verified.add(split)
 
   def source(self, split: str):
-    """Random access to the records of `split`: record i is entry i of `labels(split)`."""
+    """Random access to the records of `split`: record i is entry i of `labels(split)`, as
+    bytes (`[i]`) or read for a batch row (`clip(i)`, straight from the file: `direct`)."""
     self.verify(split)
     import grain  # pylint: disable=g-import-not-at-top  (workers of prepare never need it)
-    return grain.sources.ArrayRecordDataSource(
-        [str(self.path / name) for name in self._split(split)["shards"]])
+    from audiotl_jax.data import direct  # pylint: disable=g-import-not-at-top  (it imports this)
+    paths = [str(self.path / name) for name in self._split(split)["shards"]]
+    counts = [_footer(p)[0] if n is None else n for p, n in zip(paths, self._shard_counts(split))]
+    return direct.DirectSource(grain.sources.ArrayRecordDataSource(paths), paths, counts,
+                               enabled=direct.enabled())

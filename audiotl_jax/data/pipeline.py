@@ -30,7 +30,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from audiotl_jax.data import records, sampling
+from audiotl_jax.data import sampling
 from audiotl_jax.data.dataset import PreparedDataset
 from audiotl_jax.errors import UserError
 
@@ -38,19 +38,10 @@ TARGETS = ("multihot", "class")
 
 
 class _Labeler:
-  """Dataset label indices -> a multi-hot float32 row or an int32 class."""
+  """Dataset label indices -> a multi-hot float32 row or an int32 class, in a batch array."""
 
   def __init__(self, class_map: np.ndarray, num_classes: int, target: str):
     self.class_map, self.num_classes, self.target = class_map, num_classes, target
-
-  def __call__(self, labels: np.ndarray) -> np.ndarray:
-    mapped = self.class_map[labels]
-    mapped = mapped[mapped >= 0]
-    if self.target == "class":
-      return np.int32(mapped[0])
-    row = np.zeros(self.num_classes, np.float32)
-    row[mapped] = 1.0
-    return row
 
   def batch(self, size: int) -> np.ndarray:
     """Zero targets for `size` rows, for `put`."""
@@ -59,34 +50,13 @@ class _Labeler:
     return np.zeros((size, self.num_classes), np.float32)
 
   def put(self, out: np.ndarray, i: int, labels: np.ndarray) -> None:
-    """Row i of a `batch(...)` array = `self(labels)`, written in place."""
+    """Row i of a `batch(...)` array = the targets of `labels`, written in place."""
     mapped = self.class_map[labels]
     mapped = mapped[mapped >= 0]
     if self.target == "class":
       out[i] = mapped[0]
     else:
       out[i, mapped] = 1.0
-
-  def empty(self) -> np.ndarray:
-    return np.int32(0) if self.target == "class" else np.zeros(self.num_classes, np.float32)
-
-
-def _fit(audio: np.ndarray, clip_samples: int, start: int) -> np.ndarray:
-  audio = audio[start:start + clip_samples]
-  if len(audio) == clip_samples:
-    return audio  # a view of the record: `_stack` makes the one copy, into the batch
-  return np.pad(audio, (0, clip_samples - len(audio)))
-
-
-def _stack(rows: Sequence[dict]) -> dict:
-  """Rows -> a batch, each field written once into an array allocated for the whole batch."""
-  out = {}
-  for key, first in rows[0].items():
-    first = np.asarray(first)
-    out[key] = batch = np.empty((len(rows),) + first.shape, first.dtype)
-    for i, row in enumerate(rows):
-      batch[i] = row[key]
-  return out
 
 
 class _CropDraw(grain.transforms.RandomMap):
@@ -103,10 +73,11 @@ class _TrainBatch(grain.transforms.Map):
   padding at the end if short) and written straight into the batch arrays.
 
   Grain sees one element per batch: its per-element bookkeeping (a thread hand-off per clip) cost
-  as much as the read itself. Records are still read one at a time and copied at once: the
-  source's many-record read (`__getitems__`) was slower on 2 cores (5,400 against 8,000 clips/s):
-  it holds a batch of fresh 320 KB buffers, where one at a time reuses the same memory
-  (BENCHMARKS.md, issue 13)."""
+  as much as the read itself. Records are read one at a time, each straight into its row
+  (`source.clip`: from a memory map of the shard where `data/direct.py` can): the source's
+  many-record read (`__getitems__`) was slower on 2 cores (5,400 against 8,000 clips/s): it holds
+  a batch of fresh 320 KB buffers, where one at a time reuses the same memory (BENCHMARKS.md,
+  issue 13)."""
 
   def __init__(self, source, labeler: _Labeler, clip_samples: int):
     self.source, self.labeler, self.clip_samples = source, labeler, clip_samples
@@ -116,13 +87,10 @@ class _TrainBatch(grain.transforms.Map):
     audio = np.empty((len(draws), self.clip_samples), np.int16)
     label = self.labeler.batch(len(draws))
     for i, (index, u) in enumerate(draws):
-      rec = records.decode(self.source[index])
-      slack = len(rec["audio"]) - self.clip_samples
-      start = min(int(u * (slack + 1)), slack) if slack > 0 else 0
-      clip = rec["audio"][start:start + self.clip_samples]
-      audio[i, :len(clip)] = clip
-      audio[i, len(clip):] = 0
-      self.labeler.put(label, i, rec["labels"])
+      clip = self.source.clip(index)
+      slack = clip.num_samples - self.clip_samples
+      clip.copy_into(audio[i], min(int(u * (slack + 1)), slack) if slack > 0 else 0)
+      self.labeler.put(label, i, clip.labels)
     return {"audio": audio, "label": label}
 
 
@@ -135,16 +103,15 @@ class _EvalBatch(grain.transforms.Map):
 
   def map(self, indices: Sequence[int]) -> dict:
     indices = np.asarray(indices, np.int64)
-    rows = []
-    for index in indices.tolist():
+    out = {"audio": np.empty((len(indices), self.clip_samples), np.int16),
+           "label": self.labeler.batch(len(indices))}
+    for i, index in enumerate(indices.tolist()):
       if index < 0:
-        rows.append({"audio": np.zeros(self.clip_samples, np.int16),
-                     "label": self.labeler.empty()})
+        out["audio"][i] = 0  # padding: zero audio and label
         continue
-      rec = records.decode(self.source[index])
-      rows.append({"audio": _fit(rec["audio"], self.clip_samples, 0),
-                   "label": self.labeler(rec["labels"])})
-    out = _stack(rows)
+      clip = self.source.clip(index)
+      clip.copy_into(out["audio"][i], 0)
+      self.labeler.put(out["label"], i, clip.labels)
     out["mask"] = (indices >= 0).astype(np.float32)
     out["index"] = np.where(indices >= 0, indices, -1).astype(np.int32)
     return out

@@ -42,35 +42,54 @@ def _length(raw: bytes, pos: int, tags: dict, fix: bool) -> tuple[int, int] | No
   return pos + 1 + struct.calcsize(fmt), struct.unpack_from(fmt, raw, pos + 1)[0]
 
 
-def _decode_fast(raw: bytes) -> dict | None:
-  if raw[:4] != b"\x83\xa2id":
+def fast_head(head) -> tuple[str, int, int] | None:
+  """(id, offset of the audio bytes, their length) of a record in `encode`'s layout, read from
+  its first bytes: `head` may be a prefix of the record (`direct` reads no more than that). None
+  for any other layout, or when the prefix ends before the audio does start."""
+  try:
+    if head[:4] != b"\x83\xa2id":
+      return None
+    got = _length(head, 4, _STR, fix=True)
+    if got is None:
+      return None
+    pos, n = got
+    clip_id = bytes(head[pos:pos + n]).decode()
+    pos += n
+    if head[pos:pos + 6] != b"\xa5audio":
+      return None
+    got = _length(head, pos + 6, _BIN, fix=False)
+  except (IndexError, struct.error, UnicodeDecodeError):
     return None
-  got = _length(raw, 4, _STR, fix=True)
-  if got is None:
-    return None
-  pos, n = got
-  clip_id = raw[pos:pos + n].decode()
-  pos += n
-  if raw[pos:pos + 6] != b"\xa5audio":
-    return None
-  got = _length(raw, pos + 6, _BIN, fix=False)
   if got is None or got[1] % 2:
     return None
-  pos, n = got
-  audio = np.frombuffer(raw, np.int16, n // 2, pos)
-  pos += n
-  if raw[pos:pos + 7] != b"\xa6labels":
+  return clip_id, got[0], got[1]
+
+
+def fast_labels(tail) -> np.ndarray | None:
+  """The labels of a record in `encode`'s layout, from the bytes after its audio; None if they
+  are not where that layout puts them."""
+  if tail[:7] != b"\xa6labels":
     return None
-  labels = msgpack.unpackb(memoryview(raw)[pos + 7:])
-  return {"id": clip_id, "audio": audio, "labels": np.asarray(labels, dtype=np.int32)}
+  try:
+    return np.asarray(msgpack.unpackb(memoryview(tail)[7:]), dtype=np.int32)
+  except ValueError:
+    return None
+
+
+def _decode_fast(raw: bytes) -> dict | None:
+  got = fast_head(raw)
+  if got is None:
+    return None
+  clip_id, pos, n = got
+  labels = fast_labels(memoryview(raw)[pos + n:])
+  if labels is None:
+    return None
+  return {"id": clip_id, "audio": np.frombuffer(raw, np.int16, n // 2, pos), "labels": labels}
 
 
 def decode(raw: bytes) -> dict:
   """{"id", "audio": read-only int16 (samples,), "labels": int32}: a view of `raw`, no copy."""
-  try:
-    fast = _decode_fast(raw)
-  except (IndexError, struct.error, UnicodeDecodeError, ValueError):
-    fast = None
+  fast = _decode_fast(raw)
   if fast is not None:
     return fast
   d = msgpack.unpackb(raw)
