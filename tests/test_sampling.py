@@ -118,3 +118,34 @@ def test_pretrain_resume_with_balanced_sampling_and_augmentation(prepared, tmp_p
 
   assert len(losses(tmp_path / "whole")) == whole["total_steps"] == 4
   np.testing.assert_allclose(losses(tmp_path / "parts"), losses(tmp_path / "whole"), rtol=1e-5)
+
+
+def test_shuffle_and_crop_draws_are_functions_of_seed_and_position():
+  """Each epoch a permutation, a new one every epoch; any order of access, a pickled copy (a
+  Grain worker) and a second dataset with the seed all give the same value at a position."""
+  import pickle
+  import grain
+  n = 37
+  shuffled = sampling.Shuffled(grain.MapDataset.source(np.arange(n)), seed=3)
+  epochs = [[shuffled[e * n + k] for k in range(n)] for e in range(3)]
+  for order in epochs:
+    assert sorted(order) == list(range(n))
+  assert epochs[0] != epochs[1] != epochs[2]
+  backwards = [shuffled[i] for i in reversed(range(3 * n))][::-1]
+  assert backwards == sum(epochs, [])
+  copy = pickle.loads(pickle.dumps(shuffled))
+  again = sampling.Shuffled(grain.MapDataset.source(np.arange(n)), seed=3)
+  assert [copy[i] for i in range(3 * n)] == [again[i] for i in range(3 * n)] == backwards
+  assert [sampling.Shuffled(grain.MapDataset.source(np.arange(n)), seed=4)[i]
+          for i in range(n)] != epochs[0]
+  crops = sampling.CropDraws(grain.MapDataset.source(np.arange(n)), seed=5)
+  block = sampling.CropDraws.BLOCK
+  positions = [0, 1, block - 1, block, 3 * block + 7]
+  got = [crops[p] for p in positions]
+  assert [x for x, _ in got] == [p % n for p in positions]  # the element passes through
+  u = np.asarray([u for _, u in got])
+  assert ((u >= 0) & (u < 1)).all() and len(set(u.tolist())) == len(u)
+  assert [crops[p] for p in reversed(positions)][::-1] == got
+  assert [pickle.loads(pickle.dumps(crops))[p] for p in positions] == got
+  many = np.asarray([crops[p][1] for p in range(2 * block)])
+  assert abs(many.mean() - 0.5) < 0.02 and many.min() < 0.01 and many.max() > 0.99

@@ -59,15 +59,6 @@ class _Labeler:
       out[i, mapped] = 1.0
 
 
-class _CropDraw(grain.transforms.RandomMap):
-  """Record index -> (index, u): u in [0, 1) places the clip's random crop. Drawn per element,
-  before the process slice, so a crop depends on (seed, position in the global stream) only;
-  reading is left to `_TrainBatch`, which sees a whole batch at once."""
-
-  def random_map(self, index, rng: np.random.Generator) -> tuple[int, float]:
-    return int(index), float(rng.random())
-
-
 class _TrainBatch(grain.transforms.Map):
   """A batch of (index, u) -> {"audio", "label"}: each record cropped at u * (slack + 1) (zero
   padding at the end if short) and written straight into the batch arrays.
@@ -216,12 +207,11 @@ def train_iterator(dataset: PreparedDataset, split: str, *, indices=None, class_
     raise UserError(f"seed must be in [0, 2**32), got {seed}")
   ds = grain.MapDataset.source(indices)
   if weights is None:
-    ds = ds.shuffle(seed=seed)
+    ds = sampling.Shuffled(ds, seed)
   else:
     ds = sampling.WeightedDraws(ds, weights, seed)
-  ds = (ds
-        # Before the process slice: a crop depends on the global position, not on the layout.
-        .random_map(_CropDraw(), seed=(seed + 1) % 2**32)
+  # Crops drawn before the process slice: a crop depends on the global position, not the layout.
+  ds = (sampling.CropDraws(ds, (seed + 1) % 2**32)
         [process_index::process_count]
         .repeat()
         # Batched as indices, before any record is read: a batch is one element from here on.

@@ -1,4 +1,13 @@
-"""Balanced sampling: draw training records with probability by the rarity of their labels.
+"""How training records are drawn: shuffled, or balanced by the rarity of their labels, and where
+each clip is cropped.
+
+Every draw is a pure function of (seed, position in the global stream), so the stream is the same
+on every process layout and after a restore from a Grain iterator state. The draws are made with
+numpy a block of positions at a time and kept: Grain's own shuffle and per-element random map
+cost 20-25 us a position in Python, as much as reading and copying a 10 s clip (BENCHMARKS.md,
+issue 13).
+
+Balanced sampling: draw training records with probability by the rarity of their labels.
 
 AudioSet's classes span four orders of magnitude (speech and music in most clips, many classes in
 a few dozen), and a uniform pass trains the head on the frequent ones. The balanced sampler of
@@ -7,10 +16,11 @@ clip is then proportional to the sum over its labels of 1 / (clips with that lab
 `balanced_weights` returns. Counts come from the labels of the records actually selected from the
 local prepared dataset, never from a file shipped with someone else's copy.
 
-`WeightedDraws` makes the draw at every position of the stream a pure function of (seed,
-position), so the stream is the same on every process layout and after a restore from a Grain
-iterator state, like the shuffled stream it replaces.
+`WeightedDraws` replaces `Shuffled` in the stream when weights are given.
 """
+import functools
+import threading
+
 import grain
 import numpy as np
 
@@ -50,19 +60,105 @@ def check_weights(weights, n: int) -> np.ndarray:
   return weights
 
 
+def _permutation(seed: int, n: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _uniforms(seed: int, size: int, block: int) -> np.ndarray:
+  return np.random.default_rng([seed, block]).random(size)
+
+
+def _weighted(seed: int, size: int, cumulative: np.ndarray, block: int) -> np.ndarray:
+  return np.searchsorted(cumulative, _uniforms(seed, size, block), side="right")
+
+
+class _Blocks:
+  """`make(block)` for blocks of positions, computed once and kept (the few most recent: Grain's
+  threads read neighbouring positions, an epoch boundary at most two blocks at once)."""
+
+  def __init__(self, make, keep: int = 4):
+    self._make, self._keep, self._cache, self._lock = make, keep, {}, threading.Lock()
+
+  def __getstate__(self) -> dict:  # Grain's worker processes: each makes its own blocks
+    return {"make": self._make, "keep": self._keep}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["make"], state["keep"])
+
+  def __call__(self, block: int):
+    got = self._cache.get(block)
+    if got is None:
+      got = self._make(block)  # outside the lock: a block may be made twice, never wrongly
+      with self._lock:
+        self._cache[block] = got
+        while len(self._cache) > self._keep:
+          self._cache.pop(next(iter(self._cache)))
+    return got
+
+
+class Shuffled(grain.MapDataset):
+  """Position i -> parent[perm_e[i % n]]: a new order every epoch e = i // n, drawn from
+  (seed, e) a whole epoch at once."""
+
+  def __init__(self, parent: grain.MapDataset, seed: int):
+    super().__init__(parent)
+    self._seed, n = int(seed), len(parent)
+    self._orders = _Blocks(functools.partial(_permutation, self._seed, n))
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return f"Shuffled(seed={self._seed})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, k = divmod(int(index), len(self._parent))
+    return self._parent[int(self._orders(epoch)[k])]
+
+
+class CropDraws(grain.MapDataset):
+  """Position i -> (parent[i], u) with u uniform in [0, 1) from (seed, i): where the clip at that
+  position is cropped (`pipeline._TrainBatch` places the crop at u * (slack + 1))."""
+
+  BLOCK = 4096
+
+  def __init__(self, parent: grain.MapDataset, seed: int):
+    super().__init__(parent)
+    self._seed = int(seed)
+    self._draws = _Blocks(functools.partial(_uniforms, self._seed, self.BLOCK))
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return f"CropDraws(seed={self._seed})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    block, k = divmod(int(index), self.BLOCK)
+    return self._parent[index], float(self._draws(block)[k])
+
+
 class WeightedDraws(grain.MapDataset):
-  """Position i -> parent[j] with j drawn with probability weights[j] / sum, from (seed, i).
+  """Position i -> parent[j] with j drawn with probability weights[j] / sum, from (seed, i), a
+  block of positions at a time.
 
   Its length is one "epoch" of len(parent) draws; positions past it (under `repeat()`) keep
   drawing, independently, as the shuffle it replaces keeps reshuffling.
   """
 
+  BLOCK = 4096
+
   def __init__(self, parent: grain.MapDataset, weights, seed: int):
     super().__init__(parent)
     weights = check_weights(weights, len(parent))
-    self._cumulative = np.cumsum(weights / weights.sum())
-    self._cumulative[-1] = 1.0  # rounding must not leave a gap at the top
+    cumulative = np.cumsum(weights / weights.sum())
+    cumulative[-1] = 1.0  # rounding must not leave a gap at the top
     self._seed = int(seed)
+    self._draws = _Blocks(functools.partial(_weighted, self._seed, self.BLOCK, cumulative))
 
   def __len__(self) -> int:
     return len(self._parent)
@@ -71,8 +167,8 @@ class WeightedDraws(grain.MapDataset):
     return f"WeightedDraws(seed={self._seed})"
 
   def draw(self, index: int) -> int:
-    u = np.random.default_rng([self._seed, int(index)]).random()
-    return int(np.searchsorted(self._cumulative, u, side="right"))
+    block, k = divmod(int(index), self.BLOCK)
+    return int(self._draws(block)[k])
 
   def __getitem__(self, index):
     if isinstance(index, slice):
