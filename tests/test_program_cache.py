@@ -20,7 +20,10 @@ from conftest import REPO
 
 
 def _step(scale):
-  """A donated, sharded update, like the train step's: (state, batch) -> (state, loss)."""
+  """A donated, sharded update, like the train step's: (state, batch) -> (state, loss).
+
+  Each test compiles its own `scale`: once a CLI test has run, XLA's persistent cache stores
+  every program of the session, and a program it holds is (rightly) never stored here."""
   mesh = mesh_lib.make_mesh()
   rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
@@ -88,9 +91,9 @@ def test_programs_that_differ_anywhere_have_different_keys(tmp_path):
           != aot.fingerprint(with_const(big.at[999].set(0.0)).trace(1.0)))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
-def test_a_damaged_entry_is_compiled_again_and_replaced(tmp_path, damage):
-  jitted, w, x = _step(0.1)
+@pytest.mark.parametrize("damage,scale", [("truncate", 0.11), ("flip", 0.12), ("empty", 0.13)])
+def test_a_damaged_entry_is_compiled_again_and_replaced(tmp_path, damage, scale):
+  jitted, w, x = _step(scale)
   aot.compile(jitted, w, x, cache_dir=tmp_path)
   (entry,) = tmp_path.glob("*.bin")
   data = entry.read_bytes()
@@ -100,16 +103,18 @@ def test_a_damaged_entry_is_compiled_again_and_replaced(tmp_path, damage):
     entry.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
   else:
     entry.write_bytes(b"")
-  compiled, lowered = _lowerings(lambda: aot.compile(_step(0.1)[0], w, x, cache_dir=tmp_path))
+  compiled, lowered = _lowerings(lambda: aot.compile(_step(scale)[0], w, x, cache_dir=tmp_path))
   assert lowered == 1
-  assert entry.read_bytes() == data or len(entry.read_bytes()) > len(data) // 2
+  # Replaced by a good entry, or removed where XLA's persistent cache served the program (an
+  # executable it loaded is never stored); never left damaged.
+  assert not entry.exists() or aot._read(entry) is not None  # pylint: disable=protected-access
   np.testing.assert_array_equal(np.asarray(compiled(_copy(w), x)[1]),
                                 np.asarray(jitted.lower(w, x).compile()(
                                     _copy(w), x)[1]))
 
 
 def test_an_unwritable_cache_still_compiles(tmp_path):
-  jitted, w, x = _step(0.1)
+  jitted, w, x = _step(0.14)
   blocked = tmp_path / "file"
   blocked.write_text("not a folder")
   compiled = aot.compile(jitted, w, x, cache_dir=blocked / "programs")
@@ -118,7 +123,7 @@ def test_an_unwritable_cache_still_compiles(tmp_path):
 
 def test_old_entries_are_pruned(tmp_path, monkeypatch):
   monkeypatch.setattr(aot, "MAX_ENTRIES", 2)
-  for scale in (0.1, 0.2, 0.3):
+  for scale in (0.31, 0.32, 0.33):
     jitted, w, x = _step(scale)
     aot.compile(jitted, w, x, cache_dir=tmp_path)
   assert len(list(tmp_path.glob("*.bin"))) == 2

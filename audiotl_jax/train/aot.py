@@ -129,17 +129,20 @@ def _cpu_flags() -> str:
 
 def _read(path) -> bytes | None:
   """The executable stored at `path`, or None when there is none or it is damaged (a truncated
-  or corrupted file never reaches XLA: the checksum is compared first)."""
+  or corrupted file never reaches XLA: the checksum is compared first, and the file removed)."""
   try:
     with open(path, "rb") as f:
       data = f.read()
   except OSError:
     return None
   head = len(_MAGIC) + 32
-  if len(data) < head or not data.startswith(_MAGIC):
-    return None
   blob = data[head:]
-  if hashlib.sha256(blob).digest() != data[len(_MAGIC):head]:
+  if (len(data) < head or not data.startswith(_MAGIC)
+      or hashlib.sha256(blob).digest() != data[len(_MAGIC):head]):
+    try:  # removed, not left: when XLA's cache serves the program, nothing would replace it
+      os.unlink(path)
+    except OSError:
+      pass
     return None
   try:
     os.utime(path)  # recently used: the last to be pruned
