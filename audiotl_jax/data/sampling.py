@@ -96,53 +96,54 @@ class _Blocks:
     return got
 
 
-class Shuffled(grain.MapDataset):
-  """Position i -> parent[perm_e[i % n]]: a new order every epoch e = i // n, drawn from
-  (seed, e) a whole epoch at once."""
+class _Seeded(grain.MapDataset):
+  """A one-to-one view of `parent` whose position i is `_at(i)`, drawn from the seed."""
 
   def __init__(self, parent: grain.MapDataset, seed: int):
     super().__init__(parent)
-    self._seed, n = int(seed), len(parent)
-    self._orders = _Blocks(functools.partial(_permutation, self._seed, n))
+    self._seed = int(seed)
 
   def __len__(self) -> int:
     return len(self._parent)
 
   def __str__(self) -> str:
-    return f"Shuffled(seed={self._seed})"
+    return f"{type(self).__name__}(seed={self._seed})"
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    epoch, k = divmod(int(index), len(self._parent))
+    return self._at(int(index))
+
+
+class Shuffled(_Seeded):
+  """Position i -> parent[perm_e[i % n]]: a new order every epoch e = i // n, drawn from
+  (seed, e) a whole epoch at once."""
+
+  def __init__(self, parent: grain.MapDataset, seed: int):
+    super().__init__(parent, seed)
+    self._orders = _Blocks(functools.partial(_permutation, self._seed, len(parent)))
+
+  def _at(self, index: int):
+    epoch, k = divmod(index, len(self._parent))
     return self._parent[int(self._orders(epoch)[k])]
 
 
-class CropDraws(grain.MapDataset):
+class CropDraws(_Seeded):
   """Position i -> (parent[i], u) with u uniform in [0, 1) from (seed, i): where the clip at that
   position is cropped (`pipeline._TrainBatch` places the crop at u * (slack + 1))."""
 
   BLOCK = 4096
 
   def __init__(self, parent: grain.MapDataset, seed: int):
-    super().__init__(parent)
-    self._seed = int(seed)
+    super().__init__(parent, seed)
     self._draws = _Blocks(functools.partial(_uniforms, self._seed, self.BLOCK))
 
-  def __len__(self) -> int:
-    return len(self._parent)
-
-  def __str__(self) -> str:
-    return f"CropDraws(seed={self._seed})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    block, k = divmod(int(index), self.BLOCK)
+  def _at(self, index: int):
+    block, k = divmod(index, self.BLOCK)
     return self._parent[index], float(self._draws(block)[k])
 
 
-class WeightedDraws(grain.MapDataset):
+class WeightedDraws(_Seeded):
   """Position i -> parent[j] with j drawn with probability weights[j] / sum, from (seed, i), a
   block of positions at a time.
 
@@ -153,24 +154,15 @@ class WeightedDraws(grain.MapDataset):
   BLOCK = 4096
 
   def __init__(self, parent: grain.MapDataset, weights, seed: int):
-    super().__init__(parent)
+    super().__init__(parent, seed)
     weights = check_weights(weights, len(parent))
     cumulative = np.cumsum(weights / weights.sum())
     cumulative[-1] = 1.0  # rounding must not leave a gap at the top
-    self._seed = int(seed)
     self._draws = _Blocks(functools.partial(_weighted, self._seed, self.BLOCK, cumulative))
-
-  def __len__(self) -> int:
-    return len(self._parent)
-
-  def __str__(self) -> str:
-    return f"WeightedDraws(seed={self._seed})"
 
   def draw(self, index: int) -> int:
     block, k = divmod(int(index), self.BLOCK)
     return int(self._draws(block)[k])
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
+  def _at(self, index: int):
     return self._parent[self.draw(index)]
