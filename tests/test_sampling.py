@@ -149,3 +149,15 @@ def test_shuffle_and_crop_draws_are_functions_of_seed_and_position():
   assert [pickle.loads(pickle.dumps(crops))[p] for p in positions] == got
   many = np.asarray([crops[p][1] for p in range(2 * block)])
   assert abs(many.mean() - 0.5) < 0.02 and many.min() < 0.01 and many.max() > 0.99
+
+
+@pytest.mark.parametrize("n", [1, 2, 24, 257, 2049, 16385, 70000])
+def test_the_shuffle_is_grains_position_for_position(n):
+  """`Shuffled` draws its order a block at a time but must give Grain's `shuffle` order exactly:
+  a run started with Grain's shuffle resumes in the same order, and results stay comparable."""
+  import grain
+  for seed in (0, 9, 2**32 - 1):
+    ours = sampling.Shuffled(grain.MapDataset.source(np.arange(n)), seed)
+    theirs = grain.MapDataset.source(np.arange(n)).shuffle(seed=seed)
+    positions = np.unique(np.r_[np.arange(min(3 * n, 600)), n - 1, n, 2 * n + n // 2, 3 * n - 1])
+    assert [int(ours[int(i)]) for i in positions] == [int(theirs[int(i)]) for i in positions]
