@@ -45,17 +45,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
-  from audiotl_jax.data import readers, synthetic
-  from audiotl_jax.data import shard_writer as prepare
+  from audiotl_jax.data import shard_writer, synthetic
   root = tmp_path_factory.mktemp("data")
   synthetic.make_demo_data(root / "raw", scale="test", seed=0)
-  out = {}
-  for name, clip in (("audioset", 1.0), ("speech_commands", 1.0)):
-    listing = readers.get_reader(name)(root / "raw" / name)
-    prepare.prepare(listing, root / name, sample_rate=16000, clip_seconds=clip, num_workers=1,
-                    progress=False)
-    out[name] = root / name
-  return out
+  return {name: shard_writer.prepare_once(root / "raw" / name, root / name, name,
+                                          sample_rate=16000, clip_seconds=1.0, num_workers=1,
+                                          progress=False)
+          for name in ("audioset", "speech_commands")}
 
 
 def tiny_pretrain_config(data_dir, **overrides):

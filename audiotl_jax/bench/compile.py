@@ -44,13 +44,12 @@ def _audiotl(args, env, what: str, probe: bool = False) -> str:
 
 def _data(root: Path) -> Path:
   """The prepared synthetic data (AudioSet and speech commands), made once."""
-  from audiotl_jax.data import readers, shard_writer, synthetic
+  from audiotl_jax.data import shard_writer, synthetic
   raw, data = root / "raw", root / "data"
   synthetic.make_demo_data(raw, scale="test", seed=0, datasets=["audioset", "speech_commands"])
   for name in ("audioset", "speech_commands"):
-    if not (data / name / "manifest.json").exists():
-      shard_writer.prepare(readers.get_reader(name)(raw / name), data / name, sample_rate=16000,
-                           clip_seconds=1.0, progress=False)
+    shard_writer.prepare_once(raw / name, data / name, name, sample_rate=16000, clip_seconds=1.0,
+                              progress=False)
   return data
 
 

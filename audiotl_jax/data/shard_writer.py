@@ -336,3 +336,13 @@ def prepare(listing: DatasetListing, out_dir, *, sample_rate: int = 16000,
   _write_json(out_dir / "manifest.json", manifest)
   print(inventory.summary(manifest, out_dir))
   return manifest
+
+
+def prepare_once(raw, out_dir, reader: str, **kwargs) -> Path:
+  """`out_dir`, prepared from the `reader` layout at `raw` (`prepare`'s `kwargs`) unless it
+  already holds a prepared dataset: the demo's, the benches' and the tests' data steps."""
+  from audiotl_jax.data import readers  # pylint: disable=g-import-not-at-top  (its imports)
+  out_dir = Path(out_dir)
+  if not (out_dir / "manifest.json").exists():
+    prepare(readers.get_reader(reader)(Path(raw)), out_dir, **kwargs)
+  return out_dir

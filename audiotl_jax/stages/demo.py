@@ -18,18 +18,8 @@ import jax
 
 from audiotl_jax import config as config_lib, fileio
 from audiotl_jax.analysis import report
-from audiotl_jax.data import readers, shard_writer, synthetic
-from audiotl_jax.data.dataset import PreparedDataset
+from audiotl_jax.data import shard_writer, synthetic
 from audiotl_jax.stages import finetune, pretrain, score as scoring
-
-
-def _prepared(raw: Path, out: Path, reader: str, *, sample_rate: int, clip_seconds, progress):
-  if (out / "manifest.json").exists():
-    return PreparedDataset(out)
-  listing = readers.get_reader(reader)(raw)
-  shard_writer.prepare(listing, out, sample_rate=sample_rate, clip_seconds=clip_seconds,
-                       progress=progress)
-  return PreparedDataset(out)
 
 
 def run(config, workdir: Path) -> Path:
@@ -45,11 +35,13 @@ def run(config, workdir: Path) -> Path:
   print(f"demo: [1/6] synthetic data in {raw}")
   synthetic.make_demo_data(raw, scale=config.scale, seed=config.seed)
   print("demo: [2/6] prepare (decode, resample, int16 -> ArrayRecord)")
-  _prepared(raw / "audioset", workdir / "data" / "audioset", "audioset", sample_rate=sr,
-            clip_seconds=config.pretrain.data.clip_seconds, progress=config.progress)
-  _prepared(raw / config.downstream, workdir / "data" / config.downstream, config.downstream,
-            sample_rate=sr, clip_seconds=config.finetune.data.clip_seconds,
-            progress=config.progress)
+  data = workdir / "data"
+  shard_writer.prepare_once(raw / "audioset", data / "audioset", "audioset", sample_rate=sr,
+                            clip_seconds=config.pretrain.data.clip_seconds,
+                            progress=config.progress)
+  shard_writer.prepare_once(raw / config.downstream, data / config.downstream, config.downstream,
+                            sample_rate=sr, clip_seconds=config.finetune.data.clip_seconds,
+                            progress=config.progress)
 
   # ---------------------------------------------------------------- pre-training
   states = {}

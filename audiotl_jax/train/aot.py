@@ -167,8 +167,8 @@ def _prune(cache_dir) -> None:
 
 class Ahead:
   """`compile(jitted, *args)` in a background thread, after `after`'s; `args` may be arrays or
-  `jax.ShapeDtypeStruct`s (with their shardings). `get()` waits for it and returns the compiled function, or raises
-  what compiling raised (the same error the first call would have given)."""
+  `jax.ShapeDtypeStruct`s (with their shardings). `get()` waits for it and returns the compiled
+  function, or raises what compiling raised (the same error the first call would have given)."""
 
   def __init__(self, jitted, *args, after: "Ahead | None" = None):
     self._result, self._error = None, None
@@ -201,6 +201,7 @@ def like(tree):
                       tree)
 
 
-def shapes(spec: dict) -> dict:
-  """{key: (shape, dtype)} -> {key: jax.ShapeDtypeStruct}."""
-  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+def shapes(spec: dict, sharding=None) -> dict:
+  """{key: (shape, dtype)} -> {key: jax.ShapeDtypeStruct}, laid out as `sharding` says."""
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+          for k, (shape, dtype) in spec.items()}

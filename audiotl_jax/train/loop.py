@@ -248,20 +248,18 @@ def _train(config, workdir, task: Task, exits: contextlib.ExitStack) -> dict:
       model_train=strategy.model_train if strategy else True,
       trainable=strategy.trainable if strategy else None,
       stats_trainable=strategy.stats_trainable if strategy else None, mesh=mesh), shardings, mesh)
-  if not config.get("init_only", False):
-    compiling = aot.Ahead(step_fn, state, aot.shapes(pipeline.train_batch_spec(
-        batch_size=config.batch_size, clip_samples=samples, num_classes=sel.num_classes,
-        target=task.target)), jax.ShapeDtypeStruct((2,), np.float32))
-    # A thread still inside JAX when the interpreter exits aborts it: wait, on every way out.
-    exits.callback(compiling.wait)
   predict = step_lib.make_predict(task.model, featurize)
-  if not config.get("init_only", False):  # then the evaluation's, needed at the first eval
+  if not config.get("init_only", False):
+    batch = aot.shapes(pipeline.train_batch_spec(
+        batch_size=config.batch_size, clip_samples=samples, num_classes=sel.num_classes,
+        target=task.target), mesh_lib.batch_sharding(mesh))
+    norm_spec = jax.ShapeDtypeStruct((2,), np.float32, sharding=mesh_lib.replicated(mesh))
+    # A thread still inside JAX when the interpreter exits aborts it: wait, on every way out.
+    compiling = aot.Ahead(step_fn, state, batch, norm_spec)
+    exits.callback(compiling.wait)
+    # Then the evaluation's (eval batches have the training batch's shape), for the first eval.
     predicting = aot.Ahead(predict, *aot.like((state.params, state.batch_stats)),
-                           jax.ShapeDtypeStruct((config.batch_size, samples), np.int16,
-                                                sharding=mesh_lib.batch_sharding(mesh)),
-                           jax.ShapeDtypeStruct((2,), np.float32,
-                                                sharding=mesh_lib.replicated(mesh)),
-                           after=compiling)
+                           batch["audio"], norm_spec, after=compiling)
     exits.callback(predicting.wait)
 
   # ---------------------------------------------------------------- restore or start
