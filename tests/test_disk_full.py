@@ -241,3 +241,23 @@ def test_pretrain_on_a_full_disk_ends_with_the_one_line_error(pretrain_on_a_full
 
 def test_pretrain_on_a_full_disk_prints_only_that_line(pretrain_on_a_full_disk):
   _assert_one_line(pretrain_on_a_full_disk, where="")
+
+
+def test_a_full_disk_leaves_the_program_cache_empty_and_the_run_going(small_disk):
+  """The program cache is a cache: with no room for an entry the program still compiles and
+  runs, and nothing half-written is left to be read by the next run."""
+  import jax
+  from audiotl_jax.train import aot
+  f = jax.jit(lambda x: jax.numpy.tanh(x @ x.T) * 0.37)  # a program no other test compiles
+  x = np.linspace(-1, 1, 256 * 256, dtype=np.float32).reshape(256, 256)
+  cache = small_disk.path / "programs"
+  small_disk.fill(8)
+  compiled = aot.compile(f, x, cache_dir=cache)
+  np.testing.assert_allclose(np.asarray(compiled(x)), np.tanh(x @ x.T) * 0.37, rtol=1e-5,
+                             atol=1e-5)
+  assert not [p for p in cache.rglob("*") if p.is_file()]
+  small_disk.free()
+  # With room again a program is stored (another one: once a CLI test has run in this session,
+  # XLA's own cache holds `f`, and a program it serves is never stored).
+  aot.compile(jax.jit(lambda x: jax.numpy.tanh(x @ x.T) * 0.38), x, cache_dir=cache)
+  assert len(list(cache.glob("*.bin"))) == 1

@@ -122,11 +122,18 @@ def test_an_unwritable_cache_still_compiles(tmp_path):
 
 
 def test_old_entries_are_pruned(tmp_path, monkeypatch):
+  """Beyond MAX_ENTRIES the least recently used go, and so does what a write killed midway left
+  (an hour old; a younger one may be another process's write in progress)."""
   monkeypatch.setattr(aot, "MAX_ENTRIES", 2)
+  stale, fresh = tmp_path / "a.bin.1-dead.tmp", tmp_path / "b.bin.2-live.tmp"
+  stale.write_bytes(b"half")
+  fresh.write_bytes(b"half")
+  os.utime(stale, (0, 0))
   for scale in (0.31, 0.32, 0.33):
     jitted, w, x = _step(scale)
     aot.compile(jitted, w, x, cache_dir=tmp_path)
   assert len(list(tmp_path.glob("*.bin"))) == 2
+  assert not stale.exists() and fresh.exists()
 
 
 _PROCESS = textwrap.dedent("""

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import jax
 import numpy as np
@@ -152,6 +153,14 @@ def _read(path) -> bytes | None:
 
 
 def _prune(cache_dir) -> None:
+  """The least recently used entries beyond MAX_ENTRIES, and the temporary file of a write that
+  was killed midway (an hour old: another process may be writing one now)."""
+  for p in cache_dir.glob("*.tmp"):
+    try:
+      if os.stat(p).st_mtime < time.time() - 3600:
+        os.unlink(p)
+    except OSError:
+      pass
   entries = []
   for p in cache_dir.glob("*.bin"):
     try:
